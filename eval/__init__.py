@@ -1,0 +1,1 @@
+"""Scoring: museval BSSEval v4 and global SDR, the MUSDB runner, oracles, reports and plots."""

@@ -1,0 +1,98 @@
+"""The Separator contract every model follows, and the config base class.
+
+The engine, the trainer and the evaluator only ever use what is declared here: `sources`,
+`sample_rate`, `audio_channels`, `segment`, `forward` and `loss`. They never ask which model they
+hold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class SeparatorConfig:
+    """Base for the frozen config dataclasses the separators are built from."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "SeparatorConfig":
+        """Build from a plain dict (YAML or checkpoint metadata), naming any bad key.
+
+        Lists become tuples, so a config read back from JSON compares equal to the original.
+        """
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown config key(s) for {cls.__name__}: {', '.join(unknown)}")
+        hints = typing.get_type_hints(cls)
+        clean = {}
+        for name, value in values.items():
+            clean[name] = _coerce(name, value, hints[name])
+        return cls(**clean)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check one config value against its annotation; accept lists for tuples, ints for floats."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key '{name}' must be a list, got {type(value).__name__}")
+        (item,) = set(typing.get_args(hint)) - {Ellipsis}
+        return tuple(_coerce(name, v, item) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"config key '{name}' must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config key '{name}' must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config key '{name}' must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"config key '{name}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+class Separator(torch.nn.Module):
+    """A source separator: a mixture waveform in, one waveform per source out.
+
+    Subclasses set these attributes in `__init__`:
+        sources: names of the estimated sources, in output order.
+        sample_rate: the rate the model works at, in Hz.
+        audio_channels: number of channels the model expects (2 for stereo models).
+        segment: preferred chunk length in samples for the engine.
+    """
+
+    sources: tuple[str, ...]
+    sample_rate: int
+    audio_channels: int
+    segment: int
+    config: SeparatorConfig
+
+    def forward(self, mix: Tensor) -> Tensor:
+        """Separate `mix` [B, C, T] into [B, S, C, T], with the same T."""
+        raise NotImplementedError
+
+    def loss(self, mix: Tensor, targets: Tensor) -> Tensor:
+        """The training objective of the model's paper; `mix` [B, C, T], `targets` [B, S, C, T]."""
+        raise NotImplementedError
+
+
+def match_length(x: Tensor, length: int) -> Tensor:
+    """Crop or zero-pad the last axis of `x` to `length`."""
+    if x.shape[-1] >= length:
+        return x[..., :length]
+    return torch.nn.functional.pad(x, (0, length - x.shape[-1]))

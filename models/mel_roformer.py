@@ -1,0 +1,483 @@
+"""Mel-RoFormer (Wang, Lu, Chen, ISMIR 2024): mel-band split, axial RoPE transformers, complex masks.
+
+Parameter names and shapes follow the community MelBandRoformer (ZFTurbo's
+Music-Source-Separation-Training, commit ccc011a), so its `.ckpt` state dicts load with
+`strict=True` and give the same output. The forward pass is rewritten for speed: one fused
+projection for q, k, v and the head gates, RoPE as a complex multiply, SDPA over all heads at
+once, and a vectorised band split. See ../shared/specs/mel_roformer/SPEC.md for the facts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from models.base import Separator, SeparatorConfig, match_length
+from models.spectral import mel_band_membership
+
+
+@dataclasses.dataclass(frozen=True)
+class MelRoFormerConfig(SeparatorConfig):
+    """Hyper-parameters, named as in the community YAML `model:` section.
+
+    All but `sources` and `segment` come straight from that section; the defaults are the
+    community class defaults. `sources` names the stems (from the YAML's `training` section) and
+    `segment` is the chunk length in samples the engine uses (`audio.chunk_size`).
+    """
+
+    dim: int = 384
+    depth: int = 6
+    stereo: bool = True
+    num_stems: int = 1
+    time_transformer_depth: int = 2
+    freq_transformer_depth: int = 2
+    linear_transformer_depth: int = 0
+    num_bands: int = 60
+    dim_head: int = 64
+    heads: int = 8
+    attn_dropout: float = 0.1
+    ff_dropout: float = 0.1
+    flash_attn: bool = True
+    dim_freqs_in: int = 1025  # unused, as in the community code
+    sample_rate: int = 44100
+    stft_n_fft: int = 2048
+    stft_hop_length: int = 512
+    stft_win_length: int = 2048
+    stft_normalized: bool = False
+    zero_dc: bool = True
+    mask_estimator_depth: int = 1
+    mlp_expansion_factor: int = 4
+    match_input_audio_length: bool = False
+    skip_connection: bool = False
+    use_torch_checkpoint: bool = False
+    use_pope: bool = False
+    multi_stft_resolution_loss_weight: float = 1.0
+    multi_stft_resolutions_window_sizes: tuple[int, ...] = (4096, 2048, 1024, 512, 256)
+    multi_stft_hop_size: int = 147
+    multi_stft_normalized: bool = False
+    sources: tuple[str, ...] = ("vocals",)
+    segment: int = 352800
+
+    def __post_init__(self) -> None:
+        if self.use_pope:
+            raise ValueError("config key 'use_pope': PoPE positional encoding is not supported")
+        if len(self.sources) != self.num_stems:
+            raise ValueError(
+                f"config key 'sources' lists {len(self.sources)} stem(s) "
+                f"but 'num_stems' is {self.num_stems}"
+            )
+
+
+class RMSNorm(nn.Module):
+    """x / ||x|| * sqrt(dim) * gamma; zeros stay zeros (no epsilon inside the root)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.scale = dim**0.5
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=-1) * (self.gamma * self.scale)
+
+
+class RotaryEmbedding(nn.Module):
+    """Holds the RoPE inverse frequencies under the community name; not trained."""
+
+    def __init__(self, dim_head: int) -> None:
+        super().__init__()
+        freqs = 10000.0 ** (-torch.arange(0, dim_head, 2, dtype=torch.float32) / dim_head)
+        self.freqs = nn.Parameter(freqs, requires_grad=False)
+
+    def rotation(self, length: int, device: torch.device) -> Tensor:
+        """Unit complex rotations e^{i p w} for positions 0..length-1: [length, 1, dim_head/2]."""
+        positions = torch.arange(length, device=device)
+        angles = positions[:, None].to(self.freqs.dtype) * self.freqs.to(device)[None, :]
+        return torch.polar(torch.ones_like(angles), angles)[:, None, :]
+
+
+def apply_rotation(x: Tensor, rotation: Tensor) -> Tensor:
+    """Interleaved RoPE: feature pairs (2i, 2i+1) rotate together, as one complex number each.
+
+    x: [batch, seq, heads, dim_head] (may be a strided view); returns the same shape, contiguous.
+    """
+    dtype = x.dtype if x.dtype == torch.float64 else torch.float32
+    pairs = torch.view_as_complex(x.to(dtype).unflatten(-1, (-1, 2)))  # to (b, n, h, e/2) complex
+    return torch.view_as_real(pairs * rotation.to(pairs.dtype)).flatten(-2).to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with RoPE and a sigmoid gate per head (community layout)."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.dim_head, self.dropout = heads, dim_head, dropout
+        self.rotary_embed = RotaryEmbedding(dim_head)
+        self.norm = RMSNorm(dim)
+        self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
+        self.to_gates = nn.Linear(dim, heads)
+        self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim, bias=False), nn.Dropout(dropout))
+
+    def forward(self, x: Tensor, rotation: Tensor) -> Tensor:
+        """x: [batch, seq, dim] -> [batch, seq, dim]."""
+        batch, seq, _ = x.shape
+        h, e = self.heads, self.dim_head
+        # One GEMM for q, k, v and the gates, so the normalised input is read once.
+        weight = torch.cat([self.to_qkv.weight, self.to_gates.weight])
+        bias = torch.cat([self.to_qkv.weight.new_zeros(3 * h * e), self.to_gates.bias])
+        projected = F.linear(self.norm(x), weight, bias)
+        qkv = projected[..., : 3 * h * e].unflatten(-1, (3, h, e))  # to (b, n, 3, h, e)
+        gates = projected[..., 3 * h * e :].sigmoid()  # (b, n, h)
+        q = apply_rotation(qkv[:, :, 0], rotation).transpose(1, 2)  # to (b, h, n, e)
+        k = apply_rotation(qkv[:, :, 1], rotation).transpose(1, 2)
+        v = qkv[:, :, 2].transpose(1, 2)
+        out = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0
+        )  # (b, h, n, e)
+        out = out * gates.transpose(1, 2).unsqueeze(-1)
+        out = out.transpose(1, 2).reshape(batch, seq, h * e)  # to (b, n, h*e)
+        return self.to_out(out)
+
+
+class LinearAttention(nn.Module):
+    """XCA-style attention across features (community `linear_transformer_depth` slot)."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.dim_head, self.dropout = heads, dim_head, dropout
+        self.norm = RMSNorm(dim)
+        self.to_qkv = nn.Sequential(nn.Linear(dim, 3 * heads * dim_head, bias=False))
+        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
+        self.to_out = nn.Sequential(nn.Identity(), nn.Linear(heads * dim_head, dim, bias=False))
+
+    def forward(self, x: Tensor, rotation: Tensor | None = None) -> Tensor:
+        """x: [batch, seq, dim] -> [batch, seq, dim]."""
+        batch, seq, _ = x.shape
+        qkv = self.to_qkv(self.norm(x)).unflatten(-1, (3, self.heads, self.dim_head))
+        q, k, v = qkv.permute(2, 0, 3, 4, 1)  # each (b, h, e, n)
+        q = F.normalize(q, dim=-1) * self.temperature.exp()
+        k = F.normalize(k, dim=-1)
+        out = F.scaled_dot_product_attention(
+            q, k, v, scale=8.0, dropout_p=self.dropout if self.training else 0.0
+        )  # (b, h, e, n)
+        out = out.permute(0, 3, 1, 2).reshape(batch, seq, -1)  # to (b, n, h*e)
+        return self.to_out(out)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, dropout: float, mult: int = 4) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            RMSNorm(dim),
+            nn.Linear(dim, dim * mult),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(dim * mult, dim),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class Transformer(nn.Module):
+    """Pre-norm residual stack of (attention, feed-forward) pairs, ending with an RMSNorm."""
+
+    def __init__(self, cfg: MelRoFormerConfig, depth: int, linear: bool = False) -> None:
+        super().__init__()
+        attention = LinearAttention if linear else Attention
+        self.layers = nn.ModuleList(
+            nn.ModuleList(
+                [
+                    attention(cfg.dim, cfg.heads, cfg.dim_head, cfg.attn_dropout),
+                    FeedForward(cfg.dim, cfg.ff_dropout),
+                ]
+            )
+            for _ in range(depth)
+        )
+        self.norm = RMSNorm(cfg.dim)
+        self.linear = linear
+
+    def layers_forward(self, x: Tensor) -> Tensor:
+        """x: [batch, seq, dim] -> [batch, seq, dim]."""
+        rotation = None
+        if not self.linear:
+            rotation = self.layers[0][0].rotary_embed.rotation(x.shape[1], x.device)
+        for attn, ff in self.layers:
+            x = attn(x, rotation) + x
+            x = ff(x) + x
+        return self.norm(x)
+
+    def forward(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+        """x: [B, N, seq, dim] (any strides): N independent sequences per batch item.
+
+        Without autograd, sequences go through in groups of about TOKENS_PER_GROUP tokens and are
+        written into `out` (any strides, e.g. a transposed view of the next stage's input). Every
+        temporary then stays under glibc's 32 MB mmap threshold and is reused from the heap;
+        full-size temporaries would be fresh mmaps that cost a page fault per 4 kB.
+        """
+        batch, count, seq, dim = x.shape
+        if torch.is_grad_enabled():
+            y = self.layers_forward(x.reshape(batch * count, seq, dim))
+            return y.view(batch, count, seq, dim)
+        if out is None:
+            out = x.new_empty(batch, count, seq, dim)
+        group = max(1, TOKENS_PER_GROUP // seq)
+        for b in range(batch):
+            for start in range(0, count, group):
+                out[b, start : start + group] = self.layers_forward(x[b, start : start + group])
+        return out
+
+
+TOKENS_PER_GROUP = 4096
+
+
+class BandSplit(nn.Module):
+    """Per-band RMSNorm + Linear from each band's STFT features to `dim`, for all bands at once."""
+
+    def __init__(self, dim: int, band_sizes: list[int]) -> None:
+        super().__init__()
+        self.band_sizes = band_sizes
+        self.to_features = nn.ModuleList(
+            nn.Sequential(RMSNorm(size), nn.Linear(size, dim)) for size in band_sizes
+        )
+        # Where each band's features go in a zero-padded [bands, max_size] layout; the padding
+        # slots read one extra all-zero column appended to the input.
+        width = max(band_sizes)
+        total = sum(band_sizes)
+        index = torch.full((len(band_sizes), width), total, dtype=torch.long)
+        start = 0
+        for k, size in enumerate(band_sizes):
+            index[k, :size] = torch.arange(start, start + size)
+            start += size
+        self.register_buffer("padded_index", index.flatten(), persistent=False)
+        sizes = torch.tensor(band_sizes, dtype=torch.float32)
+        self.register_buffer("sqrt_sizes", sizes.sqrt()[:, None], persistent=False)
+
+    def packed_parameters(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Stack the per-band parameters, zero-padded: gamma [K, W], weight [K, W, D], bias [K, D]."""
+        width = max(self.band_sizes)
+        first = self.to_features[0][1].weight
+        dim = first.shape[0]
+        gamma = first.new_zeros(len(self.band_sizes), width)
+        weight = first.new_zeros(len(self.band_sizes), width, dim)
+        for k, (norm, linear) in enumerate(self.to_features):
+            size = self.band_sizes[k]
+            gamma[k, :size] = norm.gamma
+            weight[k, :size] = linear.weight.t()
+        bias = torch.stack([linear.bias for _, linear in self.to_features])
+        return gamma, weight, bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [B, T, sum(band_sizes)] -> [B, T, K, D]."""
+        batch, frames, _ = x.shape
+        x = F.pad(x, (0, 1))
+        bands = x[..., self.padded_index].unflatten(-1, (len(self.band_sizes), -1))  # (b, t, k, w)
+        gamma, weight, bias = self.packed_parameters()
+        bands = F.normalize(bands, dim=-1) * (gamma * self.sqrt_sizes)
+        bands = bands.permute(2, 0, 1, 3).reshape(len(self.band_sizes), batch * frames, -1)
+        out = torch.baddbmm(bias[:, None, :], bands, weight)  # (k, b*t, d)
+        return out.unflatten(1, (batch, frames)).permute(1, 2, 0, 3)  # to (b, t, k, d)
+
+
+class MaskEstimator(nn.Module):
+    """One MLP + GLU per band, from `dim` back to that band's complex mask features."""
+
+    def __init__(self, dim: int, band_sizes: list[int], depth: int, expansion: int) -> None:
+        super().__init__()
+        hidden = dim * expansion
+
+        def mlp(size: int) -> nn.Sequential:
+            layers: list[nn.Module] = []
+            widths = [dim] + [hidden] * depth + [2 * size]
+            for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
+                layers.append(nn.Linear(d_in, d_out))
+                if i < depth:
+                    layers.append(nn.Tanh())
+            return nn.Sequential(nn.Sequential(*layers), nn.GLU(dim=-1))
+
+        self.to_freqs = nn.ModuleList(mlp(size) for size in band_sizes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [B, T, K, D] -> [B, T, sum(band_sizes)].
+
+        A loop over bands: these GEMMs are large and FLOP-bound, and stacking the 60 MLPs into
+        one batched weight would copy ~700 MB per stem on every call.
+        """
+        return torch.cat([band(x[:, :, k]) for k, band in enumerate(self.to_freqs)], dim=-1)
+
+
+class MelRoFormer(Separator):
+    """Mel-band RoFormer separator.
+
+    Args:
+        config: a `MelRoFormerConfig`; the community YAML `model:` section passes straight in.
+
+    forward: mix [B, C, T] -> [B, S, C, T] with S = num_stems and C = 2 (stereo) or 1.
+    """
+
+    def __init__(self, config: MelRoFormerConfig) -> None:
+        super().__init__()
+        cfg = self.config = config
+        self.sources = tuple(cfg.sources)
+        self.sample_rate = cfg.sample_rate
+        self.audio_channels = 2 if cfg.stereo else 1
+        self.segment = cfg.segment
+
+        self.layers = nn.ModuleList()
+        for _ in range(cfg.depth):
+            block = nn.ModuleList()
+            if cfg.linear_transformer_depth > 0:
+                block.append(Transformer(cfg, cfg.linear_transformer_depth, linear=True))
+            block.append(Transformer(cfg, cfg.time_transformer_depth))
+            block.append(Transformer(cfg, cfg.freq_transformer_depth))
+            self.layers.append(block)
+
+        membership = mel_band_membership(cfg.sample_rate, cfg.stft_n_fft, cfg.num_bands)
+        channels = self.audio_channels
+        bins_per_band = membership.sum(axis=1)
+        band_sizes = [int(n) * channels * 2 for n in bins_per_band]
+        band_bins = np.concatenate([np.flatnonzero(row) for row in membership])
+        # Packed STFT rows are bin-major then channel: row = bin * channels + channel.
+        rows = (band_bins[:, None] * channels + np.arange(channels)[None, :]).reshape(-1)
+        self.register_buffer("freq_indices", torch.from_numpy(rows), persistent=False)
+        bands_per_bin = torch.from_numpy(membership.sum(axis=0)).float()
+        self.register_buffer(
+            "bands_per_row", bands_per_bin.repeat_interleave(channels), persistent=False
+        )
+
+        self.band_split = BandSplit(cfg.dim, band_sizes)
+        self.mask_estimators = nn.ModuleList(
+            MaskEstimator(cfg.dim, band_sizes, cfg.mask_estimator_depth, cfg.mlp_expansion_factor)
+            for _ in range(cfg.num_stems)
+        )
+
+    def _stft(self, audio: Tensor) -> Tensor:
+        cfg = self.config
+        window = torch.hann_window(cfg.stft_win_length, device=audio.device, dtype=audio.dtype)
+        return torch.stft(
+            audio,
+            n_fft=cfg.stft_n_fft,
+            hop_length=cfg.stft_hop_length,
+            win_length=cfg.stft_win_length,
+            window=window,
+            normalized=cfg.stft_normalized,
+            return_complex=True,
+        )
+
+    def _run(self, fn: nn.Module, x: Tensor, out: Tensor | None = None) -> Tensor:
+        if self.config.use_torch_checkpoint and self.training:
+            return checkpoint(fn, x, use_reentrant=False)
+        return fn(x, out=out)
+
+    def forward(self, mix: Tensor) -> Tensor:
+        """mix: [B, C, L] -> [B, S, C, L]."""
+        cfg = self.config
+        batch, channels, length = mix.shape
+        real_dtype = torch.float64 if mix.dtype == torch.float64 else torch.float32
+        spec = self._stft(mix.reshape(batch * channels, length).to(real_dtype))  # (b*c, f, t)
+        freqs, frames = spec.shape[-2:]
+        # Pack channels into the frequency axis, bin-major: (b, f*c, t).
+        packed = spec.reshape(batch, channels, freqs, frames).transpose(1, 2)
+        packed = packed.reshape(batch, freqs * channels, frames)
+
+        x = torch.view_as_real(packed[:, self.freq_indices])  # (b, rows, t, 2)
+        x = x.permute(0, 2, 1, 3).reshape(batch, frames, -1)  # to (b, t, rows*2)
+        x = self.band_split(x)  # (b, t, k, d)
+        bands = x.shape[2]
+
+        spare = torch.empty_like(x) if not torch.is_grad_enabled() else None
+        earlier: list[Tensor] = []
+        for block in self.layers:
+            if cfg.skip_connection:
+                for y in earlier:
+                    x = x + y
+            if cfg.linear_transformer_depth > 0:
+                linear, time, freq = block
+                x = self._run(linear, x.reshape(batch, 1, frames * bands, -1)).view_as(x)
+            else:
+                time, freq = block
+            # Time: each band is a sequence over frames; the result lands in `spare` as (b, t, k, d).
+            y = self._run(time, x.transpose(1, 2), out=spare.transpose(1, 2) if spare is not None else None)
+            y = y.transpose(1, 2)
+            # Frequency: each frame is a sequence over bands; written back over x's storage.
+            out = x if spare is not None and not cfg.skip_connection else None
+            x = self._run(freq, y, out=out)
+            if cfg.skip_connection:
+                earlier.append(x)
+
+        masks = torch.stack([estimator(x) for estimator in self.mask_estimators], dim=1)
+        masks = masks.unflatten(-1, (-1, 2)).transpose(2, 3)  # to (b, s, rows, t, 2)
+        masks = torch.view_as_complex(masks.to(real_dtype).contiguous())
+        # Average the complex masks of overlapping bands per STFT row.
+        summed = masks.new_zeros(batch, cfg.num_stems, freqs * channels, frames)
+        index = self.freq_indices[None, None, :, None].expand_as(masks)
+        summed = summed.scatter_add(2, index, masks)
+        summed = summed / self.bands_per_row.clamp(min=1e-8)[:, None]
+        stems = packed[:, None] * summed  # (b, s, f*c, t)
+
+        stems = stems.reshape(batch * cfg.num_stems, freqs, channels, frames).transpose(1, 2)
+        if cfg.zero_dc:
+            stems = stems.clone()
+            stems[:, :, 0] = 0
+        window = torch.hann_window(cfg.stft_win_length, device=mix.device, dtype=real_dtype)
+        # istft to the input length: identical to the community output on its shorter length,
+        # and it keeps the Separator contract (same T) without zero-filling the tail.
+        audio = torch.istft(
+            stems.reshape(-1, freqs, frames),
+            n_fft=cfg.stft_n_fft,
+            hop_length=cfg.stft_hop_length,
+            win_length=cfg.stft_win_length,
+            window=window,
+            normalized=cfg.stft_normalized,
+            length=length,
+        )
+        audio = audio.reshape(batch, cfg.num_stems, channels, -1)
+        return match_length(audio, length).to(mix.dtype)
+
+    def loss(self, mix: Tensor, targets: Tensor) -> Tensor:
+        """L1 on the waveform + multi-resolution STFT L1, as the community training code does."""
+        cfg = self.config
+        estimate = self(mix)
+        loss = F.l1_loss(estimate, targets)
+        flat_est = estimate.reshape(-1, estimate.shape[-1])
+        flat_ref = targets.reshape(-1, targets.shape[-1])
+        stft_loss = estimate.new_zeros(())
+        for window_size in cfg.multi_stft_resolutions_window_sizes:
+            kwargs = dict(
+                n_fft=max(window_size, cfg.stft_n_fft),
+                win_length=window_size,
+                hop_length=cfg.multi_stft_hop_size,
+                normalized=cfg.multi_stft_normalized,
+                window=torch.hann_window(window_size, device=mix.device),
+                return_complex=True,
+            )
+            est_spec = torch.stft(flat_est.float(), **kwargs)
+            ref_spec = torch.stft(flat_ref.float(), **kwargs)
+            stft_loss = stft_loss + F.l1_loss(est_spec, ref_spec)
+        return loss + cfg.multi_stft_resolution_loss_weight * stft_loss
+
+
+def reference_flops(cfg: MelRoFormerConfig, frames: int) -> float:
+    """Multiply-add FLOPs of one forward on one chunk of `frames` STFT frames (batch 1)."""
+    bins = mel_band_membership(cfg.sample_rate, cfg.stft_n_fft, cfg.num_bands).sum(axis=1)
+    channels = 2 if cfg.stereo else 1
+    sizes = bins * channels * 2
+    d, inner, k = cfg.dim, cfg.heads * cfg.dim_head, cfg.num_bands
+    tokens = frames * k
+    proj = 2 * tokens * d * (3 * inner + cfg.heads + inner)
+    ff = 2 * tokens * d * 4 * d * 2
+    attn_time = 4 * k * frames**2 * inner
+    attn_freq = 4 * frames * k**2 * inner
+    per_depth = (proj + ff) * (cfg.time_transformer_depth + cfg.freq_transformer_depth)
+    per_depth += attn_time * cfg.time_transformer_depth + attn_freq * cfg.freq_transformer_depth
+    hidden = d * cfg.mlp_expansion_factor
+    mlp = k * (d * hidden + (cfg.mask_estimator_depth - 1) * hidden**2) + hidden * 2 * sizes.sum()
+    return float(cfg.depth * per_depth + 2 * frames * mlp * cfg.num_stems + 2 * frames * sizes.sum() * d)
+
+
+__all__ = ["MelRoFormer", "MelRoFormerConfig", "reference_flops"]

@@ -1,0 +1,5 @@
+"""`python -m sepcli` runs the command line."""
+
+from sepcli.cli import main
+
+main()

@@ -1,0 +1,312 @@
+"""Audio in and out: decode in blocks, adapt channels, resample with soxr, write stems atomically.
+
+soundfile reads WAV/FLAC/OGG/AIFF/MP3; anything else (m4a, aac, opus, MUSDB `.stem.mp4`) goes
+through an ffmpeg pipe when ffmpeg is installed. Every stem is first written as raw float32 to a
+hidden temp file beside its target, then encoded to a second temp file and renamed into place,
+so a crash or Ctrl-C never leaves a half-written stem where a rerun would find it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+SOUNDFILE_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".mp3", ".wave"}
+FFMPEG_EXTENSIONS = {".m4a", ".mp4", ".aac", ".opus", ".webm", ".wma", ".mka", ".ac3", ".alac"}
+AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
+BLOCK_FRAMES = 1 << 18  # ~6 s at 44.1 kHz per read
+
+
+class AudioError(Exception):
+    """Something wrong with an audio file, in words for the user."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioInfo:
+    path: Path
+    sample_rate: int
+    channels: int
+    frames: int | None  # None when the decoder cannot tell in advance
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.frames is None else self.frames / self.sample_rate
+
+
+def ffmpeg_available() -> bool:
+    return shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
+
+
+def _uses_soundfile(path: Path) -> bool:
+    return path.suffix.lower() in SOUNDFILE_EXTENSIONS
+
+
+def probe(path: Path) -> AudioInfo:
+    """Rate, channels and length of `path`, or an AudioError saying why it cannot be read."""
+    path = Path(path)
+    if not path.exists():
+        raise AudioError("file not found")
+    if not os.access(path, os.R_OK):
+        raise AudioError("permission denied")
+    if path.stat().st_size == 0:
+        raise AudioError("empty file (0 bytes)")
+    if _uses_soundfile(path):
+        try:
+            info = sf.info(str(path))
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise AudioError(f"not a readable {path.suffix.lstrip('.').upper()} file ({_clean(err)})")
+        if info.frames == 0:
+            raise AudioError("no audio frames in file")
+        if info.samplerate <= 0 or info.channels <= 0:
+            raise AudioError("invalid header (zero rate or channels)")
+        return AudioInfo(path, int(info.samplerate), int(info.channels), int(info.frames))
+    return _ffprobe(path)
+
+
+def _clean(err: Exception) -> str:
+    text = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+    return text.split(": ", 1)[-1] if text.startswith("Error opening") else text
+
+
+def _ffprobe(path: Path) -> AudioInfo:
+    if not ffmpeg_available():
+        raise AudioError(
+            f"reading {path.suffix} files needs ffmpeg, which is not installed "
+            "(install it, e.g. 'apt-get install ffmpeg', or convert the file to WAV/FLAC)"
+        )
+    cmd = [
+        "ffprobe", "-v", "error", "-select_streams", "a:0",
+        "-show_entries", "stream=sample_rate,channels:format=duration", "-of", "json", str(path),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        data = json.loads(result.stdout or "{}")
+        stream = data["streams"][0]
+        rate, channels = int(stream["sample_rate"]), int(stream["channels"])
+    except (KeyError, IndexError, ValueError):
+        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "no audio stream"
+        raise AudioError(f"ffmpeg cannot read it ({reason})")
+    duration = data.get("format", {}).get("duration")
+    frames = round(float(duration) * rate) if duration not in (None, "N/A") else None
+    return AudioInfo(path, rate, channels, frames)
+
+
+def read_blocks(info: AudioInfo, block_frames: int = BLOCK_FRAMES) -> Iterator[np.ndarray]:
+    """Decode `info.path` block by block as float32 [channels, n] at the file's own rate."""
+    if _uses_soundfile(info.path):
+        yield from _soundfile_blocks(info, block_frames)
+    else:
+        yield from _ffmpeg_blocks(info, block_frames)
+
+
+def _check_finite(block: np.ndarray) -> np.ndarray:
+    if not np.isfinite(block).all():
+        raise AudioError("the audio contains NaN or infinite samples")
+    return block
+
+
+def _soundfile_blocks(info: AudioInfo, block_frames: int) -> Iterator[np.ndarray]:
+    try:
+        with sf.SoundFile(str(info.path)) as f:
+            while True:
+                data = f.read(block_frames, dtype="float32", always_2d=True)
+                if data.shape[0] == 0:
+                    break
+                yield _check_finite(np.ascontiguousarray(data.T))
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise AudioError(f"decoding failed ({_clean(err)})")
+    except OSError as err:
+        raise AudioError(f"read error ({err.strerror or err})")
+
+
+def _ffmpeg_blocks(info: AudioInfo, block_frames: int) -> Iterator[np.ndarray]:
+    cmd = [
+        "ffmpeg", "-v", "error", "-nostdin", "-i", str(info.path), "-map", "0:a:0",
+        "-f", "f32le", "-acodec", "pcm_f32le", "-ac", str(info.channels), "-",
+    ]  # fmt: skip
+    frame_bytes = 4 * info.channels
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            while True:
+                raw = proc.stdout.read(block_frames * frame_bytes)
+                if not raw:
+                    break
+                usable = len(raw) - len(raw) % frame_bytes
+                data = np.frombuffer(raw[:usable], dtype="<f4").reshape(-1, info.channels)
+                yield _check_finite(np.ascontiguousarray(data.T))
+        finally:
+            proc.stdout.close()
+            stderr = proc.stderr.read().decode(errors="replace").strip()
+            code = proc.wait()
+        if code != 0:
+            reason = stderr.splitlines()[-1] if stderr else f"exit code {code}"
+            raise AudioError(f"ffmpeg failed to decode it ({reason})")
+
+
+def load(path: Path | str, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """Read a whole file as float32 [channels, T], optionally resampled to `sample_rate`."""
+    info = probe(Path(path))
+    blocks = list(read_blocks(info))
+    audio = np.concatenate(blocks, axis=-1) if blocks else np.zeros((info.channels, 0), np.float32)
+    if sample_rate and sample_rate != info.sample_rate:
+        audio = soxr.resample(audio.T, info.sample_rate, sample_rate, quality="HQ").T
+        return np.ascontiguousarray(audio, dtype=np.float32), sample_rate
+    return audio, info.sample_rate
+
+
+def adapt_channels(block: np.ndarray, channels: int, downmix: bool) -> np.ndarray:
+    """Give a [C, n] block the model's channel count: mono is duplicated, >2 needs `downmix`."""
+    have = block.shape[0]
+    if have == channels:
+        return block
+    if have == 1:
+        return np.repeat(block, channels, axis=0)
+    if channels == 1:
+        return block.mean(axis=0, keepdims=True)
+    if have > 2 and not downmix:
+        raise AudioError(f"{have} channels: only mono and stereo are separated (use --downmix)")
+    mono = block.mean(axis=0, keepdims=True)
+    if channels == 2 and have > 2:
+        return np.repeat(mono, 2, axis=0)
+    return np.repeat(mono, channels, axis=0)
+
+
+class Resampler:
+    """Streaming soxr resampler for [C, n] blocks; a pass-through when the rates match."""
+
+    def __init__(self, rate_in: int, rate_out: int, channels: int) -> None:
+        self.stream = None
+        if rate_in != rate_out:
+            self.stream = soxr.ResampleStream(rate_in, rate_out, channels, dtype="float32", quality="HQ")
+
+    def __call__(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        if self.stream is None:
+            return block
+        out = self.stream.resample_chunk(np.ascontiguousarray(block.T), last=last)
+        return np.ascontiguousarray(out.T)
+
+
+FORMATS = {"wav": "WAV", "flac": "FLAC", "mp3": "MP3"}
+SUBTYPES = {
+    ("wav", 16): "PCM_16",
+    ("wav", 24): "PCM_24",
+    ("wav", 32): "FLOAT",
+    ("flac", 16): "PCM_16",
+    ("flac", 24): "PCM_24",
+}
+
+
+def check_output_format(fmt: str, bit_depth: int) -> None:
+    if fmt not in FORMATS:
+        raise AudioError(f"unknown output format '{fmt}' (use wav, flac or mp3)")
+    if bit_depth not in (16, 24, 32):
+        raise AudioError(f"bit depth must be 16, 24 or 32, got {bit_depth}")
+    if fmt == "flac" and bit_depth == 32:
+        raise AudioError("FLAC stores at most 24 bits; use --bit-depth 16 or 24, or --format wav")
+
+
+class StemWriter:
+    """Writes one stem in blocks, then encodes and renames it into place in `commit`.
+
+    Args:
+        path: final file path; its folder is created.
+        sample_rate, channels: of the audio given to `write`.
+        fmt: wav, flac or mp3. bit_depth: 16, 24 or 32 (float; WAV only).
+        clip: `rescale` (divide by the peak if it exceeds 1), `clamp` (clip to [-1, 1]) or `none`.
+    """
+
+    def __init__(
+        self, path: Path, sample_rate: int, channels: int, fmt: str, bit_depth: int, clip: str
+    ) -> None:
+        check_output_format(fmt, bit_depth)
+        if clip not in ("rescale", "clamp", "none"):
+            raise AudioError(f"unknown clip mode '{clip}' (use rescale, clamp or none)")
+        self.path, self.sample_rate, self.channels = Path(path), sample_rate, channels
+        self.fmt, self.bit_depth, self.clip = fmt, bit_depth, clip
+        self.peak = 0.0
+        self.frames = 0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, raw = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".raw.part", dir=self.path.parent)
+        except OSError as err:
+            raise AudioError(f"cannot write to {self.path.parent} ({err.strerror or err})")
+        self.raw_path = Path(raw)
+        self.raw = os.fdopen(fd, "wb")
+        self.encoded_path: Path | None = None
+
+    def write(self, block: np.ndarray) -> None:
+        """Append a [channels, n] float32 block."""
+        if block.shape[-1] == 0:
+            return
+        self.peak = max(self.peak, float(np.abs(block).max()))
+        try:
+            self.raw.write(np.ascontiguousarray(block.T, dtype="<f4").tobytes())
+        except OSError as err:
+            raise AudioError(f"cannot write {self.path} ({err.strerror or err})")
+        self.frames += block.shape[-1]
+
+    def commit(self, frames: int | None = None) -> None:
+        """Finish the file at exactly `frames` samples (zero-padded or cut) and rename it into place."""
+        try:
+            if frames is not None and frames < self.frames:
+                self.raw.truncate(frames * 4 * self.channels)
+                self.frames = frames
+            if frames is not None and frames > self.frames:
+                self.raw.write(bytes((frames - self.frames) * 4 * self.channels))
+                self.frames = frames
+            self.raw.close()
+            gain = 1.0
+            if self.clip == "rescale" and self.peak > 1.0:
+                gain = 1.0 / self.peak
+            clamp = self.clip == "clamp" or (self.clip == "none" and self.bit_depth != 32)
+            fd, encoded = tempfile.mkstemp(
+                prefix=f".{self.path.name}.", suffix=f".{self.fmt}.part", dir=self.path.parent
+            )
+            os.close(fd)
+            self.encoded_path = Path(encoded)
+            data = np.memmap(self.raw_path, dtype="<f4", mode="r", shape=(self.frames, self.channels)) if self.frames else np.zeros((0, self.channels), np.float32)
+            subtype = "MPEG_LAYER_III" if self.fmt == "mp3" else SUBTYPES[(self.fmt, self.bit_depth)]
+            with sf.SoundFile(
+                encoded, "w", self.sample_rate, self.channels, subtype=subtype, format=FORMATS[self.fmt]
+            ) as out:
+                for start in range(0, self.frames, BLOCK_FRAMES):
+                    block = np.asarray(data[start : start + BLOCK_FRAMES]) * gain
+                    if clamp:
+                        block = np.clip(block, -1.0, 1.0)
+                    out.write(block.astype(np.float32))
+            del data
+            os.replace(encoded, self.path)
+            self.encoded_path = None
+        except (OSError, sf.LibsndfileError, RuntimeError, ValueError) as err:
+            self.abort()
+            reason = getattr(err, "strerror", None) or _clean(err)
+            raise AudioError(f"cannot write {self.path} ({reason})")
+        finally:
+            self._remove(self.raw_path)
+
+    def abort(self) -> None:
+        """Remove every temp file; the target path is never touched."""
+        if not self.raw.closed:
+            self.raw.close()
+        self._remove(self.raw_path)
+        if self.encoded_path is not None:
+            self._remove(self.encoded_path)
+            self.encoded_path = None
+
+    @staticmethod
+    def _remove(path: Path) -> None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,308 @@
+"""Batch separation: find the inputs, name the outputs, separate each track, report the run.
+
+Inputs are files, folders (recursed with `recursive`) and glob patterns. Every output path is
+worked out, and checked for collisions and escapes, before any audio is touched. A track whose
+outputs all exist is skipped, so a rerun resumes; a failing track is reported and the batch goes
+on. Each track streams: decode -> channels -> resample -> engine -> residuals -> resample back ->
+atomic stem writers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from sepcli.audio import (
+    AUDIO_EXTENSIONS,
+    AudioError,
+    AudioInfo,
+    Resampler,
+    StemWriter,
+    adapt_channels,
+    check_output_format,
+    probe,
+    read_blocks,
+)
+from sepcli.engine import Demixer
+
+DEFAULT_TEMPLATE = "{model}/{relpath}/{stem}.{ext}"
+
+
+class UsageError(Exception):
+    """A problem with the command line as a whole; nothing has been separated."""
+
+
+@dataclasses.dataclass
+class Track:
+    path: Path
+    relpath: str  # path below the folder it was found in, without extension
+    outputs: dict[str, Path] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class TrackResult:
+    input: str
+    status: str  # done | skipped | failed
+    outputs: dict[str, str]
+    error: str | None
+    seconds: float
+    duration: float | None = None
+
+
+def track_name(path: Path) -> str:
+    """File name without extension; MUSDB's `x.stem.mp4` becomes `x`."""
+    name = path.name
+    for suffix in (".stem.mp4", ".stem.m4a"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _is_audio(path: Path) -> bool:
+    name = path.name.lower()
+    return path.suffix.lower() in AUDIO_EXTENSIONS and not name.startswith(".")
+
+
+def _walk(folder: Path, recursive: bool) -> list[Path]:
+    """Audio files under `folder`; follows symlinks but visits each real folder once."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        found.extend(Path(root) / f for f in sorted(files) if _is_audio(Path(root) / f))
+        if not recursive:
+            break
+    return found
+
+
+def discover(inputs: list[str], recursive: bool) -> tuple[list[Track], list[str]]:
+    """Tracks to separate, and notes about inputs that gave none (or repeated a file)."""
+    tracks: list[Track] = []
+    notes: list[str] = []
+    seen: set[str] = set()
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            files = _walk(path, recursive)
+            if not files:
+                notes.append(f"{item}: no audio files found" + ("" if recursive else " (use -r to recurse)"))
+            entries = [(f, str(f.relative_to(path).parent / track_name(f))) for f in files]
+        elif path.exists() or path.is_symlink():
+            entries = [(path, track_name(path))]
+        elif glob.has_magic(item):
+            matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(item), recursive=True))
+            entries = [(m, track_name(m)) for m in matches if m.is_file() and _is_audio(m)]
+            if not entries:
+                notes.append(f"{item}: no audio files match")
+        else:
+            raise UsageError(f"input not found: {item}")
+        for file, rel in entries:
+            real = os.path.realpath(file)
+            if real in seen:
+                notes.append(f"{file}: given more than once, separated once")
+                continue
+            seen.add(real)
+            tracks.append(Track(file, rel.replace(os.sep, "/")))
+    return tracks, notes
+
+
+def plan_outputs(
+    tracks: list[Track], out: Path, template: str, model: str, stems: list[str], ext: str
+) -> None:
+    """Fill in each track's output paths; refuse escapes, collisions and overwriting an input."""
+    root = Path(os.path.abspath(out))
+    owners: dict[Path, Path] = {}
+    inputs = {Path(os.path.abspath(t.path)) for t in tracks}
+    for track in tracks:
+        for stem in stems:
+            try:
+                relative = template.format(
+                    model=model, track=track_name(track.path), stem=stem, ext=ext, relpath=track.relpath
+                )
+            except (KeyError, IndexError, ValueError) as err:
+                raise UsageError(
+                    f"bad --name template {template!r} ({err}); keys: {{model}} {{track}} {{stem}} {{ext}} {{relpath}}"
+                )
+            if os.path.isabs(relative):
+                raise UsageError(f"--name template gives an absolute path ({relative}); it must stay inside --out")
+            target = Path(os.path.normpath(root / relative))
+            if root != target and root not in target.parents:
+                raise UsageError(f"--name template writes outside --out: {relative}")
+            if target in inputs:
+                raise UsageError(f"output {target} would overwrite an input file")
+            if target in owners and owners[target] != track.path:
+                raise UsageError(
+                    f"{owners[target]} and {track.path} would both write {target}; "
+                    "use a --name template with {relpath}"
+                )
+            owners[target] = track.path
+            track.outputs[stem] = target
+
+
+@dataclasses.dataclass
+class SeparationOptions:
+    stems: list[str]  # stems to write, including residuals such as no_vocals
+    fmt: str = "wav"
+    bit_depth: int = 16
+    clip: str = "rescale"
+    sample_rate: int | None = None
+    downmix: bool = False
+    overwrite: bool = False
+
+
+def output_stems(sources: tuple[str, ...], stems: list[str] | None, two_stems: str | None) -> list[str]:
+    """Which stems to write: all sources by default (plus the residual for one-source models)."""
+    if two_stems is not None:
+        if stems:
+            raise UsageError("use either --stems or --two-stems, not both")
+        if two_stems not in sources:
+            raise UsageError(f"--two-stems {two_stems}: the model has {', '.join(sources)}")
+        return [two_stems, f"no_{two_stems}"]
+    available = list(sources) + [f"no_{s}" for s in sources]
+    if stems:
+        unknown = [s for s in stems if s not in available]
+        if unknown:
+            raise UsageError(f"unknown stem(s) {', '.join(unknown)}; the model has {', '.join(sources)}")
+        return list(dict.fromkeys(stems))
+    return list(sources) + ([f"no_{sources[0]}"] if len(sources) == 1 else [])
+
+
+def _stem_audio(stem: str, sources: tuple[str, ...], estimate: np.ndarray, mix: np.ndarray) -> np.ndarray:
+    """One output stem from the estimates [S, C, n]; residuals are the other estimates summed,
+    or the mixture minus the estimate for one-source models."""
+    if not stem.startswith("no_") or stem in sources:
+        return estimate[sources.index(stem)]
+    index = sources.index(stem[3:])
+    if len(sources) == 1:
+        return mix - estimate[index]
+    return estimate.sum(axis=0) - estimate[index]
+
+
+def separate_track(
+    track: Track,
+    demixer: Demixer,
+    options: SeparationOptions,
+    on_audio: Callable[[float], None] | None = None,
+    on_info: Callable[[AudioInfo], None] | None = None,
+) -> AudioInfo:
+    """Stream one track through the demixer into its stem files (all or nothing)."""
+    model = demixer.model
+    info = probe(track.path)
+    if on_info:
+        on_info(info)
+    if info.channels > 2 and not options.downmix:
+        raise AudioError(f"{info.channels} channels: only mono and stereo are separated (use --downmix)")
+    out_rate = options.sample_rate or info.sample_rate
+    out_channels = 1 if info.channels == 1 else model.audio_channels
+    to_model = Resampler(info.sample_rate, model.sample_rate, model.audio_channels)
+    stems = options.stems
+    from_model = Resampler(model.sample_rate, out_rate, len(stems) * model.audio_channels)
+    pending_mix: list[np.ndarray] = []  # model-rate mixture not yet matched by output
+
+    read = {"frames": 0}
+
+    def model_rate_blocks():
+        for block in read_blocks(info):
+            read["frames"] += block.shape[-1]
+            block = to_model(adapt_channels(block, model.audio_channels, options.downmix))
+            pending_mix.append(block)
+            if on_audio:
+                on_audio(block.shape[-1] / model.sample_rate)
+            yield block
+        tail = to_model(np.zeros((model.audio_channels, 0), np.float32), last=True)
+        if tail.shape[-1]:
+            pending_mix.append(tail)
+            yield tail
+
+    writers = {
+        stem: StemWriter(track.outputs[stem], out_rate, out_channels, options.fmt, options.bit_depth, options.clip)
+        for stem in stems
+    }
+    try:
+        for estimate in demixer.stream(model_rate_blocks()):
+            mix = _take(pending_mix, estimate.shape[-1])
+            parts = [_stem_audio(s, model.sources, estimate, mix) for s in stems]
+            _write(writers, stems, from_model(np.concatenate(parts)), out_channels)
+        _write(writers, stems, from_model(np.zeros((len(stems) * model.audio_channels, 0), np.float32), last=True), out_channels)
+        frames = round(read["frames"] * out_rate / info.sample_rate)
+        for writer in writers.values():
+            writer.commit(frames)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    return info
+
+
+def _take(queue: list[np.ndarray], count: int) -> np.ndarray:
+    """Pop the first `count` samples from a queue of [C, n] blocks."""
+    parts, need = [], count
+    while need > 0 and queue:
+        head = queue[0]
+        if head.shape[-1] <= need:
+            parts.append(queue.pop(0))
+            need -= head.shape[-1]
+        else:
+            parts.append(head[:, :need])
+            queue[0] = head[:, need:]
+            need = 0
+    return np.concatenate(parts, axis=-1)
+
+
+def _write(writers: dict[str, StemWriter], stems: list[str], block: np.ndarray, channels: int) -> None:
+    if block.shape[-1] == 0:
+        return
+    per_stem = block.reshape(len(stems), -1, block.shape[-1])
+    for stem, audio in zip(stems, per_stem):
+        if channels == 1 and audio.shape[0] != 1:
+            audio = audio.mean(axis=0, keepdims=True)
+        writers[stem].write(audio)
+
+
+def run_batch(
+    tracks: list[Track],
+    demixer: Demixer,
+    options: SeparationOptions,
+    reporter: "Reporter",
+) -> list[TrackResult]:
+    """Separate every track; never stops for one bad file."""
+    check_output_format(options.fmt, options.bit_depth)
+    results = []
+    for track in tracks:
+        start = time.perf_counter()
+        outputs = {s: str(p) for s, p in track.outputs.items()}
+        if not options.overwrite and all(p.exists() for p in track.outputs.values()):
+            result = TrackResult(str(track.path), "skipped", outputs, None, 0.0)
+            reporter.track_done(result)
+            results.append(result)
+            continue
+        reporter.track_start(track)
+        try:
+            info = separate_track(track, demixer, options, reporter.audio_progress, reporter.track_info)
+            result = TrackResult(str(track.path), "done", outputs, None, time.perf_counter() - start, info.duration)
+        except (AudioError, OSError) as err:
+            message = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            result = TrackResult(str(track.path), "failed", {}, message, time.perf_counter() - start)
+        reporter.track_done(result)
+        results.append(result)
+    return results
+
+
+class Reporter:
+    """Where progress goes; the CLI gives a rich one, tests and library use a silent one."""
+
+    def track_start(self, track: Track) -> None: ...
+    def track_info(self, info: AudioInfo) -> None: ...
+    def audio_progress(self, seconds: float) -> None: ...
+    def track_done(self, result: TrackResult) -> None: ...

@@ -1,0 +1,244 @@
+"""The `sepcli` command line: separate, evaluate, train, models, info.
+
+Commands only parse, call and report. Every error a user can cause becomes one line on stderr
+and an exit code here, in `main`: 0 all done or skipped, 1 some inputs failed, 2 usage,
+130 interrupted. `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from sepcli import __version__
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Music source separation: split songs into stems, in batches, and score separators on MUSDB18.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+models_app = typer.Typer(help="List separators and checkpoints, or import a community checkpoint.")
+app.add_typer(models_app, name="models")
+err_console = Console(stderr=True, highlight=False)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEBUG = {"on": False}
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM: stop, clean up temp files, exit 130."""
+
+
+def _on_signal(signum, frame) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    DEBUG["on"] = debug
+    if version:
+        typer.echo(f"sepcli {__version__}")
+        raise typer.Exit()
+
+
+def _split_csv(value: Optional[str]) -> Optional[list[str]]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@app.command()
+def separate(
+    inputs: list[str] = typer.Argument(..., help="Audio files, folders or glob patterns.", show_default=False),
+    model: str = typer.Option("default", "-m", "--model", help="Embedded model name or checkpoint path."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config of a community .ckpt checkpoint."),
+    out: Path = typer.Option(Path("separated"), "-o", "--out", help="Output folder."),
+    name: str = typer.Option("{model}/{relpath}/{stem}.{ext}", "--name", help="Output path template below --out; keys {model} {track} {stem} {ext} {relpath}."),
+    fmt: str = typer.Option("wav", "--format", help="wav, flac or mp3."),
+    bit_depth: int = typer.Option(16, "--bit-depth", help="16, 24 or 32 (32 = float, WAV only)."),
+    clip: str = typer.Option("rescale", "--clip", help="rescale (divide by the peak if above 1), clamp or none."),
+    stems: Optional[str] = typer.Option(None, "--stems", help="Comma-separated stems to write, e.g. vocals,bass."),
+    two_stems: Optional[str] = typer.Option(None, "--two-stems", help="Write STEM and no_STEM only."),
+    recursive: bool = typer.Option(False, "-r", "--recursive", help="Recurse into folders."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo tracks whose outputs exist (default: skip them)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    segment: Optional[float] = typer.Option(None, "--segment", help="Chunk length in seconds (default: the model's)."),
+    overlap: Optional[float] = typer.Option(None, "--overlap", help="Overlap between chunks, fraction in [0, 1) (default 0.25)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Chunks per forward pass (default 4)."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16/fp16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16."),
+    shifts: int = typer.Option(0, "--shifts", help="Average N passes at random time shifts (slower, a bit better)."),
+    sample_rate: Optional[int] = typer.Option(None, "--sample-rate", help="Output rate in Hz (default: the input's)."),
+    downmix: bool = typer.Option(False, "--downmix", help="Downmix inputs with more than 2 channels."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout; everything else goes to stderr."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bars or summary table."),
+) -> None:
+    """Separate songs into stems: separated/<model>/<track>/<stem>.wav by default."""
+    from sepcli import batch, checkpoints, progress
+    from sepcli.audio import check_output_format
+    from sepcli.engine import Demixer
+
+    check_output_format(fmt, bit_depth)
+    tracks, notes = batch.discover(inputs, recursive)
+    loaded = checkpoints.load_model(model, config)
+    sr = loaded.model.sample_rate
+    defaults = loaded.inference
+    chosen = batch.output_stems(loaded.model.sources, _split_csv(stems), two_stems)
+    batch.plan_outputs(tracks, out, name, loaded.name, chosen, fmt)
+    reporter = progress.RichReporter(err_console, quiet=quiet or (as_json and not sys.stderr.isatty()), tracks=len(tracks))
+    for note in notes:
+        reporter.note(note)
+    demixer = Demixer(
+        loaded.model,
+        segment=int(segment * sr) if segment else defaults.get("segment"),
+        overlap=overlap if overlap is not None else defaults.get("overlap", 0.25),
+        batch_size=batch_size or defaults.get("batch_size", 4),
+        shifts=shifts,
+        device=device,
+        precision=precision,
+        on_retry=reporter.note,
+    )
+    options = batch.SeparationOptions(chosen, fmt, bit_depth, clip, sample_rate, downmix, overwrite)
+    with reporter:
+        results = batch.run_batch(tracks, demixer, options, reporter)
+    reporter.summary(results)
+    if as_json:
+        doc = {"model": loaded.name, "tracks": [_result_json(r) for r in results]}
+        sys.stdout.write(json.dumps(doc) + "\n")
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _result_json(result) -> dict:
+    return {
+        "input": result.input,
+        "status": result.status,
+        "outputs": result.outputs,
+        "error": result.error,
+        "seconds": round(result.seconds, 3),
+    }
+
+
+@models_app.callback(invoke_without_command=True)
+def models_list(ctx: typer.Context) -> None:
+    """List the separators, presets and embedded checkpoints."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import models as registry
+    from rich.table import Table
+
+    from sepcli import checkpoints
+
+    table = Table(title="architectures")
+    table.add_column("name")
+    table.add_column("presets (sepcli train NAME --config PRESET)")
+    presets = checkpoints.list_presets()
+    for name in registry.ARCHITECTURES:
+        table.add_row(name, ", ".join(presets.get(name, [])))
+    Console().print(table)
+    table = Table(title="checkpoints (-m NAME)")
+    for column in ("name", "architecture", "sources", "rate", "path"):
+        table.add_column(column)
+    for path in checkpoints.list_checkpoints():
+        meta = checkpoints.read_metadata(path)
+        table.add_row(path.stem, meta["architecture"], ",".join(meta["sources"]), str(meta["sample_rate"]), str(path))
+    Console().print(table)
+
+
+@models_app.command("import")
+def models_import(
+    checkpoint: Path = typer.Argument(..., help="Community .ckpt/.pth state dict."),
+    config: Path = typer.Option(..., "--config", help="Its YAML config."),
+    out: Path = typer.Option(..., "-o", "--out", help="Native .safetensors file to write."),
+) -> None:
+    """Convert a community Mel-RoFormer checkpoint to sepcli's native format."""
+    from sepcli import checkpoints
+
+    loaded = checkpoints.load_model(str(checkpoint), config)
+    provenance = loaded.metadata.get("provenance", {})
+    checkpoints.save_checkpoint(out, loaded.model, provenance, loaded.inference)
+    err_console.print(f"wrote {out} ({', '.join(loaded.model.sources)}, {loaded.model.sample_rate} Hz)")
+
+
+@app.command()
+def info(checkpoint: str = typer.Argument(..., help="Checkpoint path, or 'default'.")) -> None:
+    """Print a checkpoint's architecture, config and provenance."""
+    from sepcli import checkpoints
+
+    path = checkpoints.default_checkpoint() if checkpoint == "default" else Path(checkpoint)
+    if not path.exists():
+        raise checkpoints.CheckpointError(f"checkpoint not found: {checkpoint}")
+    meta = checkpoints.read_metadata(path)
+    loaded = checkpoints.load_native(path)
+    meta["parameters"] = sum(p.numel() for p in loaded.model.parameters())
+    typer.echo(json.dumps(meta, indent=2))
+
+
+@app.command()
+def train(
+    architecture: str = typer.Argument(..., help="mel-roformer, complex-mask or ibm-cnn."),
+    musdb: Path = typer.Option(..., "--musdb", help="MUSDB18 root (with train/ and test/)."),
+    out: Path = typer.Option(..., "--out", help="Run folder: checkpoints, metrics.jsonl, curves.png."),
+    is_wav: bool = typer.Option(False, "--is-wav", help="MUSDB18-HQ layout (wav stems)."),
+    config: Optional[str] = typer.Option(None, "--config", help="Preset name (small, medium, large, ...) or YAML path."),
+    steps: Optional[int] = typer.Option(None, "--steps"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    segment: Optional[float] = typer.Option(None, "--segment", help="Training segment in seconds."),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    accumulate: Optional[int] = typer.Option(None, "--accumulate", help="Gradient accumulation steps."),
+    valid_every: Optional[int] = typer.Option(None, "--valid-every"),
+    device: str = typer.Option("auto", "--device"),
+    precision: str = typer.Option("auto", "--precision"),
+    resume: bool = typer.Option(False, "--resume", help="Continue exactly from OUT/state.pt."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from these weights (native checkpoint)."),
+    quiet: bool = typer.Option(False, "-q", "--quiet"),
+) -> None:
+    """Train a separator on MUSDB18 (train split; validation on the valid split)."""
+    from sepcli import train as training
+
+    preset = training.load_preset(architecture, config)
+    values = dict(preset["training"])
+    overrides = dict(steps=steps, batch_size=batch_size, segment=segment, lr=lr, accumulate=accumulate,
+                     valid_every=valid_every, seed=seed)  # fmt: skip
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    values["precision"] = precision
+    settings = training.TrainSettings.from_dict(values)
+    summary = training.train(
+        architecture, musdb, out, preset["model"], settings, is_wav=is_wav, device_name=device,
+        resume=resume, init=init, log=err_console.print, progress=not quiet,
+    )  # fmt: skip
+    err_console.print(f"trained {summary['steps']} steps; best validation SDR {summary['best_valid_sdr']:.2f} dB; {out}")
+
+
+def main() -> None:
+    """Entry point: run the app and turn user errors into one line and an exit code."""
+    from sepcli.errors import describe
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        # Without standalone mode click returns typer.Exit codes instead of exiting.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+    except Interrupted as sig:
+        err_console.print(f"sepcli: interrupted ({sig}); finished tracks are kept, no partial files left")
+        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+        err_console.print("sepcli: interrupted; finished tracks are kept, no partial files left")
+        sys.exit(EXIT_INTERRUPTED)
+    except SystemExit:
+        raise
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except Exception as err:  # noqa: BLE001 - the one place errors become messages
+        if DEBUG["on"]:
+            raise
+        message, code = describe(err)
+        err_console.print(f"sepcli: error: {message}", soft_wrap=True)
+        sys.exit(code)

@@ -1,0 +1,27 @@
+"""Turn exceptions into the one-line message and exit code the CLI prints."""
+
+from __future__ import annotations
+
+from sepcli.audio import AudioError
+from sepcli.batch import UsageError
+from sepcli.checkpoints import CheckpointError
+from sepcli.engine import EngineError
+
+USAGE = 2
+
+
+def describe(err: BaseException) -> tuple[str, int]:
+    """(message, exit code) for an error that reached the top of the CLI."""
+    if hasattr(err, "format_message") and hasattr(err, "exit_code"):
+        # click's (or typer's bundled click's) usage errors: bad option, missing argument...
+        ctx = getattr(err, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        return err.format_message() + hint, USAGE
+    if isinstance(err, (UsageError, CheckpointError, EngineError, AudioError)):
+        return str(err), USAGE
+    if isinstance(err, (ValueError, FileNotFoundError)):
+        return str(err), USAGE
+    if isinstance(err, OSError):
+        where = f" ({err.filename})" if err.filename else ""
+        return f"{err.strerror or err}{where}", 1
+    return f"unexpected {type(err).__name__}: {err} (rerun with --debug for a traceback)", 1

@@ -1,0 +1,69 @@
+"""Rich progress for `sepcli separate`: a bar over tracks, a bar over each track's audio seconds,
+and the summary table at the end. Everything goes to stderr, so `--json` keeps stdout clean."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from sepcli.audio import AudioInfo
+from sepcli.batch import Reporter, Track, TrackResult
+
+
+class RichReporter(Reporter):
+    def __init__(self, console: Console, quiet: bool = False, tracks: int | None = None) -> None:
+        self.console, self.quiet, self.tracks = console, quiet, tracks
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(),
+            TextColumn("{task.completed:.0f} {task.fields[unit]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, transient=True, disable=quiet,
+        )  # fmt: skip
+        self.batch_task: TaskID | None = None
+        self.track_task: TaskID | None = None
+
+    def __enter__(self) -> "RichReporter":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def note(self, message: str) -> None:
+        self.console.print(f"sepcli: {message}", soft_wrap=True)
+
+    def track_start(self, track: Track) -> None:
+        if self.batch_task is None:
+            self.batch_task = self.progress.add_task("tracks", total=self.tracks, unit="tracks done")
+        if self.track_task is not None:
+            self.progress.remove_task(self.track_task)
+        self.track_task = self.progress.add_task(track.path.name[:40], total=None, unit="s of audio")
+
+    def track_info(self, info: AudioInfo) -> None:
+        if self.track_task is not None and info.duration:
+            self.progress.update(self.track_task, total=info.duration)
+
+    def audio_progress(self, seconds: float) -> None:
+        if self.track_task is not None:
+            self.progress.advance(self.track_task, seconds)
+
+    def track_done(self, result: TrackResult) -> None:
+        if result.status == "failed":
+            self.console.print(f"sepcli: failed: {result.input}: {result.error}", soft_wrap=True)
+        if self.batch_task is not None:
+            self.progress.advance(self.batch_task, 1)
+
+    def summary(self, results: list[TrackResult]) -> None:
+        if self.quiet or not results:
+            return
+        table = Table(title="sepcli separate")
+        for column in ("track", "duration", "time", "status"):
+            table.add_column(column)
+        for r in results:
+            duration = f"{r.duration:.1f} s" if r.duration else "-"
+            status = r.status if r.status != "failed" else f"failed: {r.error}"
+            table.add_row(r.input, duration, f"{r.seconds:.1f} s", status)
+        self.console.print(table)
+        counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+        self.console.print(", ".join(f"{n} {s}" for s, n in counts.items()))

@@ -1,0 +1,151 @@
+"""`sepcli separate`: outputs, naming, formats, resume, batch failures, JSON and exit codes."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from sepcli.cli import main
+from tests.conftest import write_tone
+
+
+def run(capsys, monkeypatch, *args):
+    monkeypatch.setattr(sys, "argv", ["sepcli", *map(str, args)])
+    code = 0
+    try:
+        main()
+    except SystemExit as done:
+        code = done.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_separate_writes_every_stem_with_the_input_length(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+    write_tone(tmp_path / "song.wav", 2.3)
+    code, out, err = run(capsys, monkeypatch, "separate", tmp_path / "song.wav", "-m", tiny_checkpoint,
+                         "-o", tmp_path / "sep", "--json")  # fmt: skip
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["model"] == "tiny"
+    (track,) = doc["tracks"]
+    assert track["status"] == "done" and track["error"] is None
+    assert sorted(track["outputs"]) == ["bass", "drums", "other", "vocals"]
+    for stem in ("vocals", "drums", "bass", "other"):
+        info = sf.info(tmp_path / "sep" / "tiny" / "song" / f"{stem}.wav")
+        assert (info.frames, info.samplerate, info.channels, info.subtype) == (int(2.3 * 44100), 44100, 2, "PCM_16")
+    # A rerun skips the finished track; --overwrite redoes it.
+    code, out, _ = run(capsys, monkeypatch, "separate", tmp_path / "song.wav", "-m", tiny_checkpoint,
+                       "-o", tmp_path / "sep", "--json")  # fmt: skip
+    assert json.loads(out)["tracks"][0]["status"] == "skipped"
+    code, out, _ = run(capsys, monkeypatch, "separate", tmp_path / "song.wav", "-m", tiny_checkpoint,
+                       "-o", tmp_path / "sep", "--json", "--overwrite")  # fmt: skip
+    assert json.loads(out)["tracks"][0]["status"] == "done"
+
+
+def test_two_stems_residual_plus_estimate_is_the_mixture(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+    mix = write_tone(tmp_path / "a.wav", 1.5, subtype="FLOAT")
+    code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "a.wav", "-m", tiny_checkpoint,
+                       "-o", tmp_path, "--two-stems", "vocals", "--bit-depth", "32", "--clip", "none")  # fmt: skip
+    assert code == 0, err
+    vocals, _ = sf.read(tmp_path / "tiny" / "a" / "vocals.wav")
+    rest, _ = sf.read(tmp_path / "tiny" / "a" / "no_vocals.wav")
+    assert sorted(p.name for p in (tmp_path / "tiny" / "a").iterdir()) == ["no_vocals.wav", "vocals.wav"]
+    # For a 4-stem model the residual is the other three estimates summed; the model's
+    # estimates need not sum to the mixture, so check the residual is not just silence or a copy.
+    assert np.abs(rest).max() > 0 and not np.allclose(rest, vocals)
+    assert vocals.shape == mix.shape
+
+
+def test_formats_bit_depths_rates_and_subsets(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+    write_tone(tmp_path / "in.flac", 1.0, rate=48000, channels=1)
+    code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "in.flac", "-m", tiny_checkpoint, "-o", tmp_path,
+                       "--format", "flac", "--bit-depth", "24", "--stems", "vocals,bass")  # fmt: skip
+    assert code == 0, err
+    files = sorted((tmp_path / "tiny" / "in").iterdir())
+    assert [f.name for f in files] == ["bass.flac", "vocals.flac"]
+    info = sf.info(files[0])
+    assert (info.frames, info.samplerate, info.channels, info.subtype) == (48000, 48000, 1, "PCM_24")
+    code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "in.flac", "-m", tiny_checkpoint, "-o", tmp_path / "mp3",
+                       "--format", "mp3", "--stems", "vocals", "--sample-rate", "22050")  # fmt: skip
+    assert code == 0, err
+    info = sf.info(tmp_path / "mp3" / "tiny" / "in" / "vocals.mp3")
+    assert info.samplerate == 22050 and info.format == "MP3"
+
+
+def test_folder_recursion_mirrors_the_tree_and_one_bad_file_does_not_stop_the_batch(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+    music = tmp_path / "music"
+    (music / "album").mkdir(parents=True)
+    write_tone(music / "one.wav", 0.5)
+    write_tone(music / "album" / "two.wav", 0.5)
+    (music / "album" / "broken.wav").write_text("this is not audio")
+    (music / "notes.txt").write_text("ignored")
+    code, out, err = run(capsys, monkeypatch, "separate", music, "-r", "-m", tiny_checkpoint, "-o", tmp_path / "out", "--json")
+    assert code == 1
+    tracks = {t["input"].split("/")[-1]: t for t in json.loads(out)["tracks"]}
+    assert tracks["broken.wav"]["status"] == "failed" and "broken.wav" in err
+    assert "not a readable WAV" in tracks["broken.wav"]["error"]
+    assert tracks["one.wav"]["status"] == tracks["two.wav"]["status"] == "done"
+    assert (tmp_path / "out" / "tiny" / "album" / "two" / "vocals.wav").exists()
+    assert (tmp_path / "out" / "tiny" / "one" / "bass.wav").exists()
+    assert not list((tmp_path / "out").rglob("*.part"))
+
+
+@pytest.mark.parametrize("template", ["../{track}/{stem}.{ext}", "/tmp/{stem}.{ext}", "{nope}/{stem}.{ext}"])
+def test_templates_that_escape_out_or_are_malformed_are_refused(tmp_path, capsys, monkeypatch, tiny_checkpoint, template):
+    write_tone(tmp_path / "s.wav", 0.2)
+    code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "s.wav", "-m", tiny_checkpoint,
+                       "-o", tmp_path / "o", "--name", template)  # fmt: skip
+    assert code == 2
+    assert err.startswith("sepcli: error:") and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_two_inputs_writing_the_same_output_are_an_error_before_any_work(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    write_tone(tmp_path / "a" / "x.wav", 0.2)
+    write_tone(tmp_path / "b" / "x.wav", 0.2)
+    code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "a" / "x.wav", tmp_path / "b" / "x.wav",
+                       "-m", tiny_checkpoint, "-o", tmp_path / "o")  # fmt: skip
+    assert code == 2 and "would both write" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_more_than_two_channels_needs_downmix(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+    write_tone(tmp_path / "six.wav", 0.3, channels=6)
+    code, out, err = run(capsys, monkeypatch, "separate", tmp_path / "six.wav", "-m", tiny_checkpoint, "-o", tmp_path, "--json")
+    assert code == 1 and "--downmix" in json.loads(out)["tracks"][0]["error"]
+    code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "six.wav", "-m", tiny_checkpoint, "-o", tmp_path, "--downmix")
+    assert code == 0, err
+    assert sf.info(tmp_path / "tiny" / "six" / "vocals.wav").channels == 2
+
+
+def test_usage_errors_are_one_line_with_exit_code_2(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+    write_tone(tmp_path / "s.wav", 0.2)
+    for args in (["separate", tmp_path / "missing.wav", "-m", tiny_checkpoint],
+                 ["separate", tmp_path / "s.wav", "-m", tmp_path / "nope.safetensors"],
+                 ["separate", tmp_path / "s.wav", "-m", tiny_checkpoint, "--format", "ogg"],
+                 ["separate", tmp_path / "s.wav", "-m", tiny_checkpoint, "--two-stems", "guitar"],
+                 ["separate", tmp_path / "s.wav", "-m", "mel-roformer"],
+                 ["separate", "--bogus"]):  # fmt: skip
+        code, out, err = run(capsys, monkeypatch, *args)
+        assert code == 2, (args, err)
+        assert "Traceback" not in err and err.strip().count("\n") <= 2, err
+
+
+def test_help_works_through_python_dash_m():
+    result = subprocess.run([sys.executable, "-m", "sepcli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for command in ("separate", "evaluate", "train", "models", "info"):
+        assert command in result.stdout
+
+
+def test_info_prints_config_and_provenance(capsys, monkeypatch, tiny_checkpoint):
+    code, out, _ = run(capsys, monkeypatch, "info", tiny_checkpoint)
+    meta = json.loads(out)
+    assert code == 0 and meta["architecture"] == "mel-roformer"
+    assert meta["sources"] == ["vocals", "drums", "bass", "other"]
+    assert meta["provenance"]["note"] == "random weights for tests"
