@@ -24,7 +24,11 @@ def global_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
 
 
 def bss_eval(
-    references: np.ndarray, estimates: np.ndarray, rate: int = 44100, window: float = 1.0, hop: float = 1.0
+    references: np.ndarray,
+    estimates: np.ndarray,
+    rate: int = 44100,
+    window: float = 1.0,
+    hop: float = 1.0,
 ) -> dict[str, np.ndarray]:
     """museval BSSEval v4 per frame: references/estimates [S, T, C] -> {"SDR": [S, frames], ...}."""
     import museval  # lazy: its stempeg dependency needs ffmpeg at import time

@@ -120,7 +120,9 @@ class Attention(nn.Module):
         self.norm = RMSNorm(dim)
         self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
         self.to_gates = nn.Linear(dim, heads)
-        self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim, bias=False), nn.Dropout(dropout))
+        self.to_out = nn.Sequential(
+            nn.Linear(heads * dim_head, dim, bias=False), nn.Dropout(dropout)
+        )
 
     def forward(self, x: Tensor, rotation: Tensor) -> Tensor:
         """x: [batch, seq, dim] -> [batch, seq, dim]."""
@@ -378,6 +380,11 @@ class MelRoFormer(Separator):
         """mix: [B, C, L] -> [B, S, C, L]."""
         cfg = self.config
         batch, channels, length = mix.shape
+        if length <= cfg.stft_n_fft // 2:
+            # The centred STFT reflects n_fft/2 samples at each end, so very short inputs are
+            # zero-padded first and the output cut back: the contract holds for any length.
+            padded = F.pad(mix, (0, cfg.stft_n_fft // 2 + 1 - length))
+            return self.forward(padded)[..., :length]
         real_dtype = torch.float64 if mix.dtype == torch.float64 else torch.float32
         spec = self._stft(mix.reshape(batch * channels, length).to(real_dtype))  # (b*c, f, t)
         freqs, frames = spec.shape[-2:]
@@ -402,7 +409,9 @@ class MelRoFormer(Separator):
             else:
                 time, freq = block
             # Time: each band is a sequence over frames; the result lands in `spare` as (b, t, k, d).
-            y = self._run(time, x.transpose(1, 2), out=spare.transpose(1, 2) if spare is not None else None)
+            y = self._run(
+                time, x.transpose(1, 2), out=spare.transpose(1, 2) if spare is not None else None
+            )
             y = y.transpose(1, 2)
             # Frequency: each frame is a sequence over bands; written back over x's storage.
             out = x if spare is not None and not cfg.skip_connection else None
@@ -477,7 +486,9 @@ def reference_flops(cfg: MelRoFormerConfig, frames: int) -> float:
     per_depth += attn_time * cfg.time_transformer_depth + attn_freq * cfg.freq_transformer_depth
     hidden = d * cfg.mlp_expansion_factor
     mlp = k * (d * hidden + (cfg.mask_estimator_depth - 1) * hidden**2) + hidden * 2 * sizes.sum()
-    return float(cfg.depth * per_depth + 2 * frames * mlp * cfg.num_stems + 2 * frames * sizes.sum() * d)
+    return float(
+        cfg.depth * per_depth + 2 * frames * mlp * cfg.num_stems + 2 * frames * sizes.sum() * d
+    )
 
 
 __all__ = ["MelRoFormer", "MelRoFormerConfig", "reference_flops"]

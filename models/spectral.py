@@ -33,7 +33,9 @@ def stft(audio: Tensor, n_fft: int, hop: int, win_length: int | None = None) -> 
     return spec.reshape(*shape[:-1], *spec.shape[-2:])
 
 
-def istft(spec: Tensor, n_fft: int, hop: int, length: int | None, win_length: int | None = None) -> Tensor:
+def istft(
+    spec: Tensor, n_fft: int, hop: int, length: int | None, win_length: int | None = None
+) -> Tensor:
     """Inverse of `stft`: complex [..., F, N] -> real [..., length]."""
     win_length = win_length or n_fft
     shape = spec.shape
@@ -82,7 +84,9 @@ def mel_band_membership(sample_rate: int, n_fft: int, num_bands: int) -> np.ndar
     """
     n_freqs = n_fft // 2 + 1
     fft_freqs = np.linspace(0, sample_rate / 2, n_freqs)
-    mel_edges = _mel_to_hz(np.linspace(_hz_to_mel(0.0)[0], _hz_to_mel(sample_rate / 2)[0], num_bands + 2))
+    mel_edges = _mel_to_hz(
+        np.linspace(_hz_to_mel(0.0)[0], _hz_to_mel(sample_rate / 2)[0], num_bands + 2)
+    )
     widths = np.diff(mel_edges)
     ramps = mel_edges[:, None] - fft_freqs[None, :]
     rising = -ramps[:-2] / widths[:-1, None]

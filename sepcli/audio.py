@@ -64,7 +64,9 @@ def probe(path: Path) -> AudioInfo:
         try:
             info = sf.info(str(path))
         except (sf.LibsndfileError, RuntimeError) as err:
-            raise AudioError(f"not a readable {path.suffix.lstrip('.').upper()} file ({_clean(err)})")
+            raise AudioError(
+                f"not a readable {path.suffix.lstrip('.').upper()} file ({_clean(err)})"
+            )
         if info.frames == 0:
             raise AudioError("no audio frames in file")
         if info.samplerate <= 0 or info.channels <= 0:
@@ -94,7 +96,9 @@ def _ffprobe(path: Path) -> AudioInfo:
         stream = data["streams"][0]
         rate, channels = int(stream["sample_rate"]), int(stream["channels"])
     except (KeyError, IndexError, ValueError):
-        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "no audio stream"
+        reason = (
+            result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "no audio stream"
+        )
         raise AudioError(f"ffmpeg cannot read it ({reason})")
     duration = data.get("format", {}).get("duration")
     frames = round(float(duration) * rate) if duration not in (None, "N/A") else None
@@ -188,7 +192,9 @@ class Resampler:
     def __init__(self, rate_in: int, rate_out: int, channels: int) -> None:
         self.stream = None
         if rate_in != rate_out:
-            self.stream = soxr.ResampleStream(rate_in, rate_out, channels, dtype="float32", quality="HQ")
+            self.stream = soxr.ResampleStream(
+                rate_in, rate_out, channels, dtype="float32", quality="HQ"
+            )
 
     def __call__(self, block: np.ndarray, last: bool = False) -> np.ndarray:
         if self.stream is None:
@@ -238,7 +244,9 @@ class StemWriter:
         self.frames = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, raw = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".raw.part", dir=self.path.parent)
+            fd, raw = tempfile.mkstemp(
+                prefix=f".{self.path.name}.", suffix=".raw.part", dir=self.path.parent
+            )
         except OSError as err:
             raise AudioError(f"cannot write to {self.path.parent} ({err.strerror or err})")
         self.raw_path = Path(raw)
@@ -275,10 +283,21 @@ class StemWriter:
             )
             os.close(fd)
             self.encoded_path = Path(encoded)
-            data = np.memmap(self.raw_path, dtype="<f4", mode="r", shape=(self.frames, self.channels)) if self.frames else np.zeros((0, self.channels), np.float32)
-            subtype = "MPEG_LAYER_III" if self.fmt == "mp3" else SUBTYPES[(self.fmt, self.bit_depth)]
+            data = (
+                np.memmap(self.raw_path, dtype="<f4", mode="r", shape=(self.frames, self.channels))
+                if self.frames
+                else np.zeros((0, self.channels), np.float32)
+            )
+            subtype = (
+                "MPEG_LAYER_III" if self.fmt == "mp3" else SUBTYPES[(self.fmt, self.bit_depth)]
+            )
             with sf.SoundFile(
-                encoded, "w", self.sample_rate, self.channels, subtype=subtype, format=FORMATS[self.fmt]
+                encoded,
+                "w",
+                self.sample_rate,
+                self.channels,
+                subtype=subtype,
+                format=FORMATS[self.fmt],
             ) as out:
                 for start in range(0, self.frames, BLOCK_FRAMES):
                     block = np.asarray(data[start : start + BLOCK_FRAMES]) * gain

@@ -96,7 +96,9 @@ def discover(inputs: list[str], recursive: bool) -> tuple[list[Track], list[str]
         if path.is_dir():
             files = _walk(path, recursive)
             if not files:
-                notes.append(f"{item}: no audio files found" + ("" if recursive else " (use -r to recurse)"))
+                notes.append(
+                    f"{item}: no audio files found" + ("" if recursive else " (use -r to recurse)")
+                )
             entries = [(f, str(f.relative_to(path).parent / track_name(f))) for f in files]
         elif path.exists() or path.is_symlink():
             entries = [(path, track_name(path))]
@@ -128,14 +130,20 @@ def plan_outputs(
         for stem in stems:
             try:
                 relative = template.format(
-                    model=model, track=track_name(track.path), stem=stem, ext=ext, relpath=track.relpath
+                    model=model,
+                    track=track_name(track.path),
+                    stem=stem,
+                    ext=ext,
+                    relpath=track.relpath,
                 )
             except (KeyError, IndexError, ValueError) as err:
                 raise UsageError(
                     f"bad --name template {template!r} ({err}); keys: {{model}} {{track}} {{stem}} {{ext}} {{relpath}}"
                 )
             if os.path.isabs(relative):
-                raise UsageError(f"--name template gives an absolute path ({relative}); it must stay inside --out")
+                raise UsageError(
+                    f"--name template gives an absolute path ({relative}); it must stay inside --out"
+                )
             target = Path(os.path.normpath(root / relative))
             if root != target and root not in target.parents:
                 raise UsageError(f"--name template writes outside --out: {relative}")
@@ -161,7 +169,9 @@ class SeparationOptions:
     overwrite: bool = False
 
 
-def output_stems(sources: tuple[str, ...], stems: list[str] | None, two_stems: str | None) -> list[str]:
+def output_stems(
+    sources: tuple[str, ...], stems: list[str] | None, two_stems: str | None
+) -> list[str]:
     """Which stems to write: all sources by default (plus the residual for one-source models)."""
     if two_stems is not None:
         if stems:
@@ -173,12 +183,16 @@ def output_stems(sources: tuple[str, ...], stems: list[str] | None, two_stems: s
     if stems:
         unknown = [s for s in stems if s not in available]
         if unknown:
-            raise UsageError(f"unknown stem(s) {', '.join(unknown)}; the model has {', '.join(sources)}")
+            raise UsageError(
+                f"unknown stem(s) {', '.join(unknown)}; the model has {', '.join(sources)}"
+            )
         return list(dict.fromkeys(stems))
     return list(sources) + ([f"no_{sources[0]}"] if len(sources) == 1 else [])
 
 
-def _stem_audio(stem: str, sources: tuple[str, ...], estimate: np.ndarray, mix: np.ndarray) -> np.ndarray:
+def _stem_audio(
+    stem: str, sources: tuple[str, ...], estimate: np.ndarray, mix: np.ndarray
+) -> np.ndarray:
     """One output stem from the estimates [S, C, n]; residuals are the other estimates summed,
     or the mixture minus the estimate for one-source models."""
     if not stem.startswith("no_") or stem in sources:
@@ -202,7 +216,9 @@ def separate_track(
     if on_info:
         on_info(info)
     if info.channels > 2 and not options.downmix:
-        raise AudioError(f"{info.channels} channels: only mono and stereo are separated (use --downmix)")
+        raise AudioError(
+            f"{info.channels} channels: only mono and stereo are separated (use --downmix)"
+        )
     out_rate = options.sample_rate or info.sample_rate
     out_channels = 1 if info.channels == 1 else model.audio_channels
     to_model = Resampler(info.sample_rate, model.sample_rate, model.audio_channels)
@@ -226,7 +242,14 @@ def separate_track(
             yield tail
 
     writers = {
-        stem: StemWriter(track.outputs[stem], out_rate, out_channels, options.fmt, options.bit_depth, options.clip)
+        stem: StemWriter(
+            track.outputs[stem],
+            out_rate,
+            out_channels,
+            options.fmt,
+            options.bit_depth,
+            options.clip,
+        )
         for stem in stems
     }
     try:
@@ -234,7 +257,12 @@ def separate_track(
             mix = _take(pending_mix, estimate.shape[-1])
             parts = [_stem_audio(s, model.sources, estimate, mix) for s in stems]
             _write(writers, stems, from_model(np.concatenate(parts)), out_channels)
-        _write(writers, stems, from_model(np.zeros((len(stems) * model.audio_channels, 0), np.float32), last=True), out_channels)
+        _write(
+            writers,
+            stems,
+            from_model(np.zeros((len(stems) * model.audio_channels, 0), np.float32), last=True),
+            out_channels,
+        )
         frames = round(read["frames"] * out_rate / info.sample_rate)
         for writer in writers.values():
             writer.commit(frames)
@@ -260,7 +288,9 @@ def _take(queue: list[np.ndarray], count: int) -> np.ndarray:
     return np.concatenate(parts, axis=-1)
 
 
-def _write(writers: dict[str, StemWriter], stems: list[str], block: np.ndarray, channels: int) -> None:
+def _write(
+    writers: dict[str, StemWriter], stems: list[str], block: np.ndarray, channels: int
+) -> None:
     if block.shape[-1] == 0:
         return
     per_stem = block.reshape(len(stems), -1, block.shape[-1])
@@ -289,11 +319,17 @@ def run_batch(
             continue
         reporter.track_start(track)
         try:
-            info = separate_track(track, demixer, options, reporter.audio_progress, reporter.track_info)
-            result = TrackResult(str(track.path), "done", outputs, None, time.perf_counter() - start, info.duration)
+            info = separate_track(
+                track, demixer, options, reporter.audio_progress, reporter.track_info
+            )
+            result = TrackResult(
+                str(track.path), "done", outputs, None, time.perf_counter() - start, info.duration
+            )
         except (AudioError, OSError) as err:
             message = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-            result = TrackResult(str(track.path), "failed", {}, message, time.perf_counter() - start)
+            result = TrackResult(
+                str(track.path), "failed", {}, message, time.perf_counter() - start
+            )
         reporter.track_done(result)
         results.append(result)
     return results

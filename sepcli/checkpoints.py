@@ -150,7 +150,9 @@ def read_metadata(path: Path) -> dict[str, Any]:
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors file ({err})")
     if raw is None:
-        raise CheckpointError(f"{path} has no sepcli metadata; import it with 'sepcli models import'")
+        raise CheckpointError(
+            f"{path} has no sepcli metadata; import it with 'sepcli models import'"
+        )
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
@@ -181,7 +183,9 @@ def read_community_state(path: Path) -> dict[str, torch.Tensor]:
             f"(loading it could run code). {first}"
         )
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({_first_line(err)})")
+        raise CheckpointError(
+            f"{path} is truncated or not a PyTorch checkpoint ({_first_line(err)})"
+        )
     for wrapper in ("model_state_dict", "state_dict", "state"):
         if isinstance(data, dict) and wrapper in data and isinstance(data[wrapper], dict):
             data = data[wrapper]
@@ -273,7 +277,9 @@ def load_model(spec: str | None, config: Path | None = None) -> LoadedModel:
         return load_native(path)
     if path.suffix in (".ckpt", ".pth", ".pt", ".bin"):
         raise CheckpointError(f"{spec} is a community checkpoint: also give its YAML with --config")
-    raise CheckpointError(f"{spec}: unknown checkpoint type (expected .safetensors, or .ckpt + --config)")
+    raise CheckpointError(
+        f"{spec}: unknown checkpoint type (expected .safetensors, or .ckpt + --config)"
+    )
 
 
 def list_checkpoints() -> list[Path]:

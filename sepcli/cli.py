@@ -8,6 +8,7 @@ and an exit code here, in `main`: 0 all done or skipped, 1 some inputs failed, 2
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -41,7 +42,9 @@ def _on_signal(signum, frame) -> None:
 
 @app.callback()
 def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show tracebacks instead of one-line errors."
+    ),
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),
 ) -> None:
     DEBUG["on"] = debug
@@ -56,27 +59,61 @@ def _split_csv(value: Optional[str]) -> Optional[list[str]]:
 
 @app.command()
 def separate(
-    inputs: list[str] = typer.Argument(..., help="Audio files, folders or glob patterns.", show_default=False),
-    model: str = typer.Option("default", "-m", "--model", help="Embedded model name or checkpoint path."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config of a community .ckpt checkpoint."),
+    inputs: list[str] = typer.Argument(
+        ..., help="Audio files, folders or glob patterns.", show_default=False
+    ),
+    model: str = typer.Option(
+        "default", "-m", "--model", help="Embedded model name or checkpoint path."
+    ),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="YAML config of a community .ckpt checkpoint."
+    ),
     out: Path = typer.Option(Path("separated"), "-o", "--out", help="Output folder."),
-    name: str = typer.Option("{model}/{relpath}/{stem}.{ext}", "--name", help="Output path template below --out; keys {model} {track} {stem} {ext} {relpath}."),
+    name: str = typer.Option(
+        "{model}/{relpath}/{stem}.{ext}",
+        "--name",
+        help="Output path template below --out; keys {model} {track} {stem} {ext} {relpath}.",
+    ),
     fmt: str = typer.Option("wav", "--format", help="wav, flac or mp3."),
     bit_depth: int = typer.Option(16, "--bit-depth", help="16, 24 or 32 (32 = float, WAV only)."),
-    clip: str = typer.Option("rescale", "--clip", help="rescale (divide by the peak if above 1), clamp or none."),
-    stems: Optional[str] = typer.Option(None, "--stems", help="Comma-separated stems to write, e.g. vocals,bass."),
-    two_stems: Optional[str] = typer.Option(None, "--two-stems", help="Write STEM and no_STEM only."),
+    clip: str = typer.Option(
+        "rescale", "--clip", help="rescale (divide by the peak if above 1), clamp or none."
+    ),
+    stems: Optional[str] = typer.Option(
+        None, "--stems", help="Comma-separated stems to write, e.g. vocals,bass."
+    ),
+    two_stems: Optional[str] = typer.Option(
+        None, "--two-stems", help="Write STEM and no_STEM only."
+    ),
     recursive: bool = typer.Option(False, "-r", "--recursive", help="Recurse into folders."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Redo tracks whose outputs exist (default: skip them)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Redo tracks whose outputs exist (default: skip them)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    segment: Optional[float] = typer.Option(None, "--segment", help="Chunk length in seconds (default: the model's)."),
-    overlap: Optional[float] = typer.Option(None, "--overlap", help="Overlap between chunks, fraction in [0, 1) (default 0.25)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Chunks per forward pass (default 4)."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16/fp16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16."),
-    shifts: int = typer.Option(0, "--shifts", help="Average N passes at random time shifts (slower, a bit better)."),
-    sample_rate: Optional[int] = typer.Option(None, "--sample-rate", help="Output rate in Hz (default: the input's)."),
-    downmix: bool = typer.Option(False, "--downmix", help="Downmix inputs with more than 2 channels."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout; everything else goes to stderr."),
+    segment: Optional[float] = typer.Option(
+        None, "--segment", help="Chunk length in seconds (default: the model's)."
+    ),
+    overlap: Optional[float] = typer.Option(
+        None, "--overlap", help="Overlap between chunks, fraction in [0, 1) (default 0.25)."
+    ),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", help="Chunks per forward pass (default 4)."
+    ),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto (bf16/fp16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16."
+    ),
+    shifts: int = typer.Option(
+        0, "--shifts", help="Average N passes at random time shifts (slower, a bit better)."
+    ),
+    sample_rate: Optional[int] = typer.Option(
+        None, "--sample-rate", help="Output rate in Hz (default: the input's)."
+    ),
+    downmix: bool = typer.Option(
+        False, "--downmix", help="Downmix inputs with more than 2 channels."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print a JSON summary on stdout; everything else goes to stderr."
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bars or summary table."),
 ) -> None:
     """Separate songs into stems: separated/<model>/<track>/<stem>.wav by default."""
@@ -91,7 +128,9 @@ def separate(
     defaults = loaded.inference
     chosen = batch.output_stems(loaded.model.sources, _split_csv(stems), two_stems)
     batch.plan_outputs(tracks, out, name, loaded.name, chosen, fmt)
-    reporter = progress.RichReporter(err_console, quiet=quiet or (as_json and not sys.stderr.isatty()), tracks=len(tracks))
+    reporter = progress.RichReporter(
+        err_console, quiet=quiet or (as_json and not sys.stderr.isatty()), tracks=len(tracks)
+    )
     for note in notes:
         reporter.note(note)
     demixer = Demixer(
@@ -125,6 +164,141 @@ def _result_json(result) -> dict:
     }
 
 
+evaluate_app = typer.Typer(
+    help="Score a separator on MUSDB18 with museval (BSSEval v4) and global SDR."
+)
+app.add_typer(evaluate_app, name="evaluate")
+
+
+@evaluate_app.callback(invoke_without_command=True)
+def evaluate(
+    ctx: typer.Context,
+    model: Optional[str] = typer.Option(
+        None, "-m", "--model", help="Model name or checkpoint path."
+    ),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="YAML config of a community .ckpt."
+    ),
+    oracle: Optional[str] = typer.Option(
+        None, "--oracle", help="Score an oracle instead: irm2, irm1, ibm or mix."
+    ),
+    musdb: Optional[Path] = typer.Option(
+        None, "--musdb", help="MUSDB18 root (train/ and test/ inside)."
+    ),
+    is_wav: bool = typer.Option(False, "--is-wav", help="MUSDB18-HQ layout (wav stems)."),
+    subset: str = typer.Option("test", "--subset", help="test or train."),
+    split: Optional[str] = typer.Option(
+        None, "--split", help="train or valid (train subset only)."
+    ),
+    tracks: Optional[list[str]] = typer.Option(
+        None, "--tracks", help="Only these track names (repeatable)."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Results folder (default results/<model>)."
+    ),
+    jobs: int = typer.Option(
+        os.cpu_count() or 1, "--jobs", help="Scoring processes (default: cores)."
+    ),
+    device: str = typer.Option("auto", "--device"),
+    precision: str = typer.Option("auto", "--precision"),
+    quiet: bool = typer.Option(False, "-q", "--quiet"),
+) -> None:
+    """Separate and score MUSDB tracks; writes summary.json, scores.csv, museval JSON and a plot."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import numpy as np
+
+    from eval import musdb as runner
+    from eval import report
+    from eval.oracle import oracle_estimates
+    from sepcli.batch import UsageError
+
+    if musdb is None:
+        raise UsageError("--musdb ROOT is required")
+    if (model is None) == (oracle is None):
+        raise UsageError("give either -m MODEL or --oracle irm2|irm1|ibm|mix")
+    settings = {"subset": subset, "split": split, "is_wav": is_wav}
+    if oracle is not None:
+        label = f"oracle-{oracle}"
+        sources = ("vocals", "drums", "bass", "other")
+
+        def separate_fn(mix, references):
+            return oracle_estimates(oracle, {s: references[s] for s in sources})
+    else:
+        from sepcli import checkpoints
+        from sepcli.audio import Resampler
+        from sepcli.engine import Demixer
+
+        loaded = checkpoints.load_model(model, config)
+        label = loaded.name
+        defaults = loaded.inference
+        demixer = Demixer(loaded.model, segment=defaults.get("segment"), overlap=defaults.get("overlap", 0.25),
+                          batch_size=defaults.get("batch_size", 4), device=device, precision=precision)  # fmt: skip
+        settings.update(checkpoint=str(model), precision=precision, overlap=demixer.hop)
+        rate = loaded.model.sample_rate
+
+        def separate_fn(mix, references):
+            audio = mix.T.astype(np.float32)
+            if rate != 44100:
+                audio = Resampler(44100, rate, audio.shape[0])(audio, last=True)
+            est = demixer.separate(audio)
+            if rate != 44100:
+                est = np.stack([Resampler(rate, 44100, est.shape[1])(e, last=True) for e in est])
+            est = est[..., : mix.shape[0]]
+            if est.shape[-1] < mix.shape[0]:
+                est = np.pad(est, ((0, 0), (0, 0), (0, mix.shape[0] - est.shape[-1])))
+            return {s: e.T.astype(np.float64) for s, e in zip(loaded.model.sources, est)}
+
+    out = out or Path("results") / label
+    out.mkdir(parents=True, exist_ok=True)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    progress = Progress(TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                        console=err_console, transient=True, disable=quiet)  # fmt: skip
+    sdrs: list[float] = []
+    with progress:
+        task = progress.add_task("evaluate", total=None, info="")
+
+        def on_track(record):
+            values = [v["SDR"] for v in record["scores"].values() if np.isfinite(v["SDR"])]
+            sdrs.append(float(np.mean(values)) if values else float("nan"))
+            progress.update(task, advance=1, info=f"running median SDR {np.nanmedian(sdrs):.2f} dB")
+
+        records = runner.evaluate(separate_fn, label, musdb, out, settings, subset, split, is_wav,
+                                  list(tracks) if tracks else None, jobs, on_track)  # fmt: skip
+    summary = report.write_outputs(out, label, settings, records)
+    report.boxplot({label: out}, out / "boxplot.png")
+    inputs = sorted({r.get("input", "") for r in records})
+    Console(stderr=True).print(report.summary_table({label: summary}))
+    err_console.print(f"{len(records)} tracks; model input: {', '.join(inputs)}; results in {out}")
+
+
+@evaluate_app.command("compare")
+def evaluate_compare(
+    folders: list[Path] = typer.Argument(..., help="Results folders written by 'sepcli evaluate'."),
+    plot: Optional[Path] = typer.Option(
+        None,
+        "--plot",
+        help="PNG for the boxplots (default: compare.png in the first folder's parent).",
+    ),
+) -> None:
+    """Side-by-side table and per-stem SDR boxplots of several results folders."""
+    from eval import report
+
+    summaries = {}
+    for folder in folders:
+        path = folder / "summary.json"
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{folder} has no summary.json; run 'sepcli evaluate --out {folder}' first"
+            )
+        summaries[folder.name] = json.loads(path.read_text())
+    Console().print(report.summary_table(summaries))
+    plot = plot or folders[0].parent / "compare.png"
+    report.boxplot({f.name: f for f in folders}, plot)
+    err_console.print(f"boxplots: {plot}")
+
+
 @models_app.callback(invoke_without_command=True)
 def models_list(ctx: typer.Context) -> None:
     """List the separators, presets and embedded checkpoints."""
@@ -147,7 +321,13 @@ def models_list(ctx: typer.Context) -> None:
         table.add_column(column)
     for path in checkpoints.list_checkpoints():
         meta = checkpoints.read_metadata(path)
-        table.add_row(path.stem, meta["architecture"], ",".join(meta["sources"]), str(meta["sample_rate"]), str(path))
+        table.add_row(
+            path.stem,
+            meta["architecture"],
+            ",".join(meta["sources"]),
+            str(meta["sample_rate"]),
+            str(path),
+        )
     Console().print(table)
 
 
@@ -163,7 +343,9 @@ def models_import(
     loaded = checkpoints.load_model(str(checkpoint), config)
     provenance = loaded.metadata.get("provenance", {})
     checkpoints.save_checkpoint(out, loaded.model, provenance, loaded.inference)
-    err_console.print(f"wrote {out} ({', '.join(loaded.model.sources)}, {loaded.model.sample_rate} Hz)")
+    err_console.print(
+        f"wrote {out} ({', '.join(loaded.model.sources)}, {loaded.model.sample_rate} Hz)"
+    )
 
 
 @app.command()
@@ -184,20 +366,28 @@ def info(checkpoint: str = typer.Argument(..., help="Checkpoint path, or 'defaul
 def train(
     architecture: str = typer.Argument(..., help="mel-roformer, complex-mask or ibm-cnn."),
     musdb: Path = typer.Option(..., "--musdb", help="MUSDB18 root (with train/ and test/)."),
-    out: Path = typer.Option(..., "--out", help="Run folder: checkpoints, metrics.jsonl, curves.png."),
+    out: Path = typer.Option(
+        ..., "--out", help="Run folder: checkpoints, metrics.jsonl, curves.png."
+    ),
     is_wav: bool = typer.Option(False, "--is-wav", help="MUSDB18-HQ layout (wav stems)."),
-    config: Optional[str] = typer.Option(None, "--config", help="Preset name (small, medium, large, ...) or YAML path."),
+    config: Optional[str] = typer.Option(
+        None, "--config", help="Preset name (small, medium, large, ...) or YAML path."
+    ),
     steps: Optional[int] = typer.Option(None, "--steps"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     segment: Optional[float] = typer.Option(None, "--segment", help="Training segment in seconds."),
     lr: Optional[float] = typer.Option(None, "--lr"),
-    accumulate: Optional[int] = typer.Option(None, "--accumulate", help="Gradient accumulation steps."),
+    accumulate: Optional[int] = typer.Option(
+        None, "--accumulate", help="Gradient accumulation steps."
+    ),
     valid_every: Optional[int] = typer.Option(None, "--valid-every"),
     device: str = typer.Option("auto", "--device"),
     precision: str = typer.Option("auto", "--precision"),
     resume: bool = typer.Option(False, "--resume", help="Continue exactly from OUT/state.pt."),
     seed: Optional[int] = typer.Option(None, "--seed"),
-    init: Optional[Path] = typer.Option(None, "--init", help="Start from these weights (native checkpoint)."),
+    init: Optional[Path] = typer.Option(
+        None, "--init", help="Start from these weights (native checkpoint)."
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
     """Train a separator on MUSDB18 (train split; validation on the valid split)."""
@@ -214,7 +404,9 @@ def train(
         architecture, musdb, out, preset["model"], settings, is_wav=is_wav, device_name=device,
         resume=resume, init=init, log=err_console.print, progress=not quiet,
     )  # fmt: skip
-    err_console.print(f"trained {summary['steps']} steps; best validation SDR {summary['best_valid_sdr']:.2f} dB; {out}")
+    err_console.print(
+        f"trained {summary['steps']} steps; best validation SDR {summary['best_valid_sdr']:.2f} dB; {out}"
+    )
 
 
 def main() -> None:
@@ -227,7 +419,9 @@ def main() -> None:
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else EXIT_OK)
     except Interrupted as sig:
-        err_console.print(f"sepcli: interrupted ({sig}); finished tracks are kept, no partial files left")
+        err_console.print(
+            f"sepcli: interrupted ({sig}); finished tracks are kept, no partial files left"
+        )
         sys.exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         err_console.print("sepcli: interrupted; finished tracks are kept, no partial files left")

@@ -25,7 +25,9 @@ def load_musdb_stems(
     """
     import musdb  # lazy: stempeg refuses to import without ffmpeg
 
-    key = hashlib.sha1(f"{Path(root).resolve()}|{subset}|{split}|{is_wav}".encode()).hexdigest()[:12]
+    key = hashlib.sha1(f"{Path(root).resolve()}|{subset}|{split}|{is_wav}".encode()).hexdigest()[
+        :12
+    ]
     cache = Path(cache_dir) / f"musdb-{subset}-{split or 'all'}-{key}" if cache_dir else None
     if cache is not None and (cache / "names.txt").exists():
         names = (cache / "names.txt").read_text().splitlines()
@@ -84,7 +86,10 @@ class RemixDataset:
             piece = track[stem, :, start : start + self.segment]
             if piece.shape[-1] < self.segment:
                 piece = np.pad(piece, ((0, 0), (0, self.segment - piece.shape[-1])))
-            if self.silence_threshold is None or np.sqrt(np.mean(piece**2)) >= self.silence_threshold:
+            if (
+                self.silence_threshold is None
+                or np.sqrt(np.mean(piece**2)) >= self.silence_threshold
+            ):
                 break
         if self.augment:
             piece = piece * rng.uniform(0.25, 1.25)

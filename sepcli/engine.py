@@ -43,9 +43,13 @@ def resolve_device(name: str) -> torch.device:
         raise EngineError(f"unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise EngineError(f"device '{name}' requested but CUDA is not available on this machine")
+            raise EngineError(
+                f"device '{name}' requested but CUDA is not available on this machine"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise EngineError(f"device '{name}' does not exist ({torch.cuda.device_count()} GPU(s))")
+            raise EngineError(
+                f"device '{name}' does not exist ({torch.cuda.device_count()} GPU(s))"
+            )
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise EngineError("device 'mps' requested but MPS is not available on this machine")
     elif device.type not in ("cpu", "cuda", "mps"):
@@ -187,7 +191,9 @@ class Demixer:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 if self.on_retry:
-                    self.on_retry(f"out of memory on {self.device}: retrying with batch size {size}")
+                    self.on_retry(
+                        f"out of memory on {self.device}: retrying with batch size {size}"
+                    )
         return np.concatenate(outputs)
 
     def _forward_batch(self, chunks: np.ndarray) -> np.ndarray:
@@ -245,7 +251,9 @@ class _OverlapAdd:
                 break
             chunks = np.zeros((len(starts), self.channels, segment), dtype=np.float32)
             for i, start in enumerate(starts):
-                piece = self.buffer[:, start - self.buffer_start : start - self.buffer_start + segment]
+                piece = self.buffer[
+                    :, start - self.buffer_start : start - self.buffer_start + segment
+                ]
                 chunks[i, :, : piece.shape[-1]] = piece
             outputs = demixer.forward(chunks) * demixer.window
             for start, out in zip(starts, outputs):

@@ -4,7 +4,14 @@ and the summary table at the end. Everything goes to stderr, so `--json` keeps s
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from sepcli.audio import AudioInfo
@@ -35,10 +42,14 @@ class RichReporter(Reporter):
 
     def track_start(self, track: Track) -> None:
         if self.batch_task is None:
-            self.batch_task = self.progress.add_task("tracks", total=self.tracks, unit="tracks done")
+            self.batch_task = self.progress.add_task(
+                "tracks", total=self.tracks, unit="tracks done"
+            )
         if self.track_task is not None:
             self.progress.remove_task(self.track_task)
-        self.track_task = self.progress.add_task(track.path.name[:40], total=None, unit="s of audio")
+        self.track_task = self.progress.add_task(
+            track.path.name[:40], total=None, unit="s of audio"
+        )
 
     def track_info(self, info: AudioInfo) -> None:
         if self.track_task is not None and info.duration:

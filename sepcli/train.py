@@ -68,7 +68,9 @@ def load_preset(architecture: str, preset: str | Path | None) -> dict[str, Any]:
         path = checkpoints.PRESETS_DIR / f"{architecture}-{preset}.yaml"
         if not path.exists():
             names = ", ".join(checkpoints.list_presets().get(architecture, []))
-            raise checkpoints.CheckpointError(f"no preset '{preset}' for {architecture} (have: {names})")
+            raise checkpoints.CheckpointError(
+                f"no preset '{preset}' for {architecture} (have: {names})"
+            )
     data = checkpoints.read_yaml(path)
     return {"model": dict(data.get("model") or {}), "training": dict(data.get("training") or {})}
 
@@ -162,7 +164,9 @@ def train(
         raise ValueError(f"MUSDB is {rate} Hz but the model works at {model.sample_rate} Hz")
     data = RemixDataset(train_stems, segment, model.sources, settings.silence_threshold)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+    )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, settings))
     ema = EMA(model, settings.ema)
     rng = np.random.default_rng(settings.seed + rank)
@@ -185,7 +189,9 @@ def train(
     ddp_model: torch.nn.Module = model
     if distributed:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and settings.precision == "fp16")
+    scaler = torch.amp.GradScaler(
+        "cuda", enabled=device.type == "cuda" and settings.precision == "fp16"
+    )
     provenance_base = {
         "data": f"MUSDB18 {musdb_root.name} train split ({len(names)} tracks), remixed",
         "seed": settings.seed,
@@ -209,7 +215,9 @@ def train(
                 scaler.scale(loss).backward()
                 total += float(loss)
             scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip))
+            grad_norm = float(
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            )
             scaler.step(optimizer)
             scaler.update()
             schedule.step()
@@ -218,17 +226,23 @@ def train(
             record: dict[str, Any] = {"step": step, "loss": total, "grad_norm": grad_norm,
                                       "lr": schedule.get_last_lr()[0]}  # fmt: skip
             if _is_main() and (step % settings.valid_every == 0 or step == settings.steps):
-                scores = validate(_with_state(model, architecture, ema.state, device), valid_stems, device)
+                scores = validate(
+                    _with_state(model, architecture, ema.state, device), valid_stems, device
+                )
                 mean = float(np.mean(list(scores.values())))
                 record["valid_sdr"] = scores
                 record["valid_sdr_mean"] = mean
                 history["valid"].append({"step": step, **scores})
                 provenance = {**provenance_base, "steps": step, "valid_global_sdr": scores,
                               "train_seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
-                checkpoints.save_checkpoint(out / "last.safetensors", model, provenance, state=ema.state)
+                checkpoints.save_checkpoint(
+                    out / "last.safetensors", model, provenance, state=ema.state
+                )
                 if mean > best:
                     best = mean
-                    checkpoints.save_checkpoint(out / "best.safetensors", model, provenance, state=ema.state)
+                    checkpoints.save_checkpoint(
+                        out / "best.safetensors", model, provenance, state=ema.state
+                    )
                 last_valid = " ".join(f"{k[:3]} {v:.2f}" for k, v in scores.items())
                 _save_state(state_path, model, optimizer, schedule, ema, rng, step, best, history)
             if metrics_file is not None:
@@ -247,7 +261,9 @@ def train(
     return {"steps": step, "best_valid_sdr": best, "out": str(out)}
 
 
-def _loss(ddp_model: torch.nn.Module, model: Separator, mix: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _loss(
+    ddp_model: torch.nn.Module, model: Separator, mix: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     if ddp_model is model:
         return model.loss(mix, targets)
     # DDP only syncs gradients through its own forward, so route `loss` through it.
@@ -267,7 +283,9 @@ class _DDPForward:
         return getattr(self._model, name)
 
 
-def _with_state(model: Separator, architecture: str, state: dict, device: torch.device) -> Separator:
+def _with_state(
+    model: Separator, architecture: str, state: dict, device: torch.device
+) -> Separator:
     copy = checkpoints.build_model(architecture, model.config.to_dict()).to(device)
     copy.load_state_dict(state)
     return copy.eval()
@@ -299,7 +317,13 @@ class _progress_bar:
         return super().__new__(cls)
 
     def __init__(self, enabled: bool, total: int, start: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(
             TextColumn("train"), BarColumn(), MofNCompleteColumn(),
@@ -340,7 +364,12 @@ def plot_curves(metrics: Path, png: Path) -> None:
     ax1.legend()
     valid = [r for r in rows if "valid_sdr" in r]
     for source in valid[0]["valid_sdr"] if valid else []:
-        ax2.plot([r["step"] for r in valid], [r["valid_sdr"][source] for r in valid], marker="o", label=source)
+        ax2.plot(
+            [r["step"] for r in valid],
+            [r["valid_sdr"][source] for r in valid],
+            marker="o",
+            label=source,
+        )
     ax2.set_xlabel("step")
     ax2.set_ylabel("validation global SDR (dB)")
     if valid:

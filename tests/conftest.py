@@ -29,9 +29,13 @@ class GainSeparator(Separator):
         return mix[:, None] * self.gains.to(mix)[None, :, None, None]
 
 
-def write_tone(path: Path, seconds: float, rate: int = 44100, channels: int = 2, subtype: str = "PCM_16") -> np.ndarray:
+def write_tone(
+    path: Path, seconds: float, rate: int = 44100, channels: int = 2, subtype: str = "PCM_16"
+) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
-    audio = np.stack([0.3 * np.sin(2 * np.pi * (220 + 110 * c) * t) for c in range(channels)], axis=1)
+    audio = np.stack(
+        [0.3 * np.sin(2 * np.pi * (220 + 110 * c) * t) for c in range(channels)], axis=1
+    )
     sf.write(path, audio, rate, subtype=subtype)
     return audio
 

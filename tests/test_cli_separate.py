@@ -23,7 +23,9 @@ def run(capsys, monkeypatch, *args):
     return code, out.out, out.err
 
 
-def test_separate_writes_every_stem_with_the_input_length(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+def test_separate_writes_every_stem_with_the_input_length(
+    tmp_path, capsys, monkeypatch, tiny_checkpoint
+):
     write_tone(tmp_path / "song.wav", 2.3)
     code, out, err = run(capsys, monkeypatch, "separate", tmp_path / "song.wav", "-m", tiny_checkpoint,
                          "-o", tmp_path / "sep", "--json")  # fmt: skip
@@ -35,7 +37,12 @@ def test_separate_writes_every_stem_with_the_input_length(tmp_path, capsys, monk
     assert sorted(track["outputs"]) == ["bass", "drums", "other", "vocals"]
     for stem in ("vocals", "drums", "bass", "other"):
         info = sf.info(tmp_path / "sep" / "tiny" / "song" / f"{stem}.wav")
-        assert (info.frames, info.samplerate, info.channels, info.subtype) == (int(2.3 * 44100), 44100, 2, "PCM_16")
+        assert (info.frames, info.samplerate, info.channels, info.subtype) == (
+            int(2.3 * 44100),
+            44100,
+            2,
+            "PCM_16",
+        )
     # A rerun skips the finished track; --overwrite redoes it.
     code, out, _ = run(capsys, monkeypatch, "separate", tmp_path / "song.wav", "-m", tiny_checkpoint,
                        "-o", tmp_path / "sep", "--json")  # fmt: skip
@@ -45,14 +52,19 @@ def test_separate_writes_every_stem_with_the_input_length(tmp_path, capsys, monk
     assert json.loads(out)["tracks"][0]["status"] == "done"
 
 
-def test_two_stems_residual_plus_estimate_is_the_mixture(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+def test_two_stems_residual_plus_estimate_is_the_mixture(
+    tmp_path, capsys, monkeypatch, tiny_checkpoint
+):
     mix = write_tone(tmp_path / "a.wav", 1.5, subtype="FLOAT")
     code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "a.wav", "-m", tiny_checkpoint,
                        "-o", tmp_path, "--two-stems", "vocals", "--bit-depth", "32", "--clip", "none")  # fmt: skip
     assert code == 0, err
     vocals, _ = sf.read(tmp_path / "tiny" / "a" / "vocals.wav")
     rest, _ = sf.read(tmp_path / "tiny" / "a" / "no_vocals.wav")
-    assert sorted(p.name for p in (tmp_path / "tiny" / "a").iterdir()) == ["no_vocals.wav", "vocals.wav"]
+    assert sorted(p.name for p in (tmp_path / "tiny" / "a").iterdir()) == [
+        "no_vocals.wav",
+        "vocals.wav",
+    ]
     # For a 4-stem model the residual is the other three estimates summed; the model's
     # estimates need not sum to the mixture, so check the residual is not just silence or a copy.
     assert np.abs(rest).max() > 0 and not np.allclose(rest, vocals)
@@ -67,7 +79,12 @@ def test_formats_bit_depths_rates_and_subsets(tmp_path, capsys, monkeypatch, tin
     files = sorted((tmp_path / "tiny" / "in").iterdir())
     assert [f.name for f in files] == ["bass.flac", "vocals.flac"]
     info = sf.info(files[0])
-    assert (info.frames, info.samplerate, info.channels, info.subtype) == (48000, 48000, 1, "PCM_24")
+    assert (info.frames, info.samplerate, info.channels, info.subtype) == (
+        48000,
+        48000,
+        1,
+        "PCM_24",
+    )
     code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "in.flac", "-m", tiny_checkpoint, "-o", tmp_path / "mp3",
                        "--format", "mp3", "--stems", "vocals", "--sample-rate", "22050")  # fmt: skip
     assert code == 0, err
@@ -75,14 +92,27 @@ def test_formats_bit_depths_rates_and_subsets(tmp_path, capsys, monkeypatch, tin
     assert info.samplerate == 22050 and info.format == "MP3"
 
 
-def test_folder_recursion_mirrors_the_tree_and_one_bad_file_does_not_stop_the_batch(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+def test_folder_recursion_mirrors_the_tree_and_one_bad_file_does_not_stop_the_batch(
+    tmp_path, capsys, monkeypatch, tiny_checkpoint
+):
     music = tmp_path / "music"
     (music / "album").mkdir(parents=True)
     write_tone(music / "one.wav", 0.5)
     write_tone(music / "album" / "two.wav", 0.5)
     (music / "album" / "broken.wav").write_text("this is not audio")
     (music / "notes.txt").write_text("ignored")
-    code, out, err = run(capsys, monkeypatch, "separate", music, "-r", "-m", tiny_checkpoint, "-o", tmp_path / "out", "--json")
+    code, out, err = run(
+        capsys,
+        monkeypatch,
+        "separate",
+        music,
+        "-r",
+        "-m",
+        tiny_checkpoint,
+        "-o",
+        tmp_path / "out",
+        "--json",
+    )
     assert code == 1
     tracks = {t["input"].split("/")[-1]: t for t in json.loads(out)["tracks"]}
     assert tracks["broken.wav"]["status"] == "failed" and "broken.wav" in err
@@ -93,8 +123,12 @@ def test_folder_recursion_mirrors_the_tree_and_one_bad_file_does_not_stop_the_ba
     assert not list((tmp_path / "out").rglob("*.part"))
 
 
-@pytest.mark.parametrize("template", ["../{track}/{stem}.{ext}", "/tmp/{stem}.{ext}", "{nope}/{stem}.{ext}"])
-def test_templates_that_escape_out_or_are_malformed_are_refused(tmp_path, capsys, monkeypatch, tiny_checkpoint, template):
+@pytest.mark.parametrize(
+    "template", ["../{track}/{stem}.{ext}", "/tmp/{stem}.{ext}", "{nope}/{stem}.{ext}"]
+)
+def test_templates_that_escape_out_or_are_malformed_are_refused(
+    tmp_path, capsys, monkeypatch, tiny_checkpoint, template
+):
     write_tone(tmp_path / "s.wav", 0.2)
     code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "s.wav", "-m", tiny_checkpoint,
                        "-o", tmp_path / "o", "--name", template)  # fmt: skip
@@ -103,7 +137,9 @@ def test_templates_that_escape_out_or_are_malformed_are_refused(tmp_path, capsys
     assert not (tmp_path / "o").exists()
 
 
-def test_two_inputs_writing_the_same_output_are_an_error_before_any_work(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+def test_two_inputs_writing_the_same_output_are_an_error_before_any_work(
+    tmp_path, capsys, monkeypatch, tiny_checkpoint
+):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     write_tone(tmp_path / "a" / "x.wav", 0.2)
@@ -116,9 +152,29 @@ def test_two_inputs_writing_the_same_output_are_an_error_before_any_work(tmp_pat
 
 def test_more_than_two_channels_needs_downmix(tmp_path, capsys, monkeypatch, tiny_checkpoint):
     write_tone(tmp_path / "six.wav", 0.3, channels=6)
-    code, out, err = run(capsys, monkeypatch, "separate", tmp_path / "six.wav", "-m", tiny_checkpoint, "-o", tmp_path, "--json")
+    code, out, err = run(
+        capsys,
+        monkeypatch,
+        "separate",
+        tmp_path / "six.wav",
+        "-m",
+        tiny_checkpoint,
+        "-o",
+        tmp_path,
+        "--json",
+    )
     assert code == 1 and "--downmix" in json.loads(out)["tracks"][0]["error"]
-    code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "six.wav", "-m", tiny_checkpoint, "-o", tmp_path, "--downmix")
+    code, _, err = run(
+        capsys,
+        monkeypatch,
+        "separate",
+        tmp_path / "six.wav",
+        "-m",
+        tiny_checkpoint,
+        "-o",
+        tmp_path,
+        "--downmix",
+    )
     assert code == 0, err
     assert sf.info(tmp_path / "tiny" / "six" / "vocals.wav").channels == 2
 
@@ -137,7 +193,9 @@ def test_usage_errors_are_one_line_with_exit_code_2(tmp_path, capsys, monkeypatc
 
 
 def test_help_works_through_python_dash_m():
-    result = subprocess.run([sys.executable, "-m", "sepcli", "--help"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "sepcli", "--help"], capture_output=True, text=True
+    )
     assert result.returncode == 0
     for command in ("separate", "evaluate", "train", "models", "info"):
         assert command in result.stdout

@@ -18,10 +18,14 @@ from tests.conftest import GainSeparator
     batch=st.integers(1, 5),
     shifts=st.integers(0, 3),
 )
-def test_identity_separator_reconstructs_input_for_any_length(length, segment, overlap, batch, shifts):
+def test_identity_separator_reconstructs_input_for_any_length(
+    length, segment, overlap, batch, shifts
+):
     rng = np.random.default_rng(length)
     mix = rng.uniform(-1, 1, (2, length)).astype(np.float32)
-    demixer = Demixer(GainSeparator((1.0, -0.5), segment), overlap=overlap, batch_size=batch, shifts=shifts)
+    demixer = Demixer(
+        GainSeparator((1.0, -0.5), segment), overlap=overlap, batch_size=batch, shifts=shifts
+    )
     out = demixer.separate(mix)
     assert out.shape == (2, 2, length)
     np.testing.assert_allclose(out[0], mix, atol=1e-6, rtol=0)

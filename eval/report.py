@@ -1,0 +1,140 @@
+"""Aggregate per-track scores into the tables researchers publish, as rich, JSON, CSV and PNG.
+
+Conventions, stated in every table: `museval` columns are BSSEval v4 medians over one-second
+frames per track, then the median over tracks (SiSEC); `global` is the MDX global SDR, the mean
+over tracks. The average row is the mean over stems of the per-stem values.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.table import Table
+
+METRICS = ("SDR", "SIR", "SAR", "ISR")
+
+
+def aggregate(tracks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-track records -> {"stems": {stem: {...}}, "average": {...}}.
+
+    A record is {"name", "scores": {stem: {"SDR": frame-median, "SIR", "SAR", "ISR", "global_sdr"}}}.
+    """
+    stems: dict[str, dict[str, float]] = {}
+    names = sorted({s for t in tracks for s in t["scores"]}, key=_stem_order)
+    for stem in names:
+        rows = [t["scores"][stem] for t in tracks if stem in t["scores"]]
+        entry = {}
+        for metric in METRICS:
+            values = np.array([r[metric] for r in rows], dtype=float)
+            values = values[np.isfinite(values)]
+            entry[f"museval_{metric.lower()}_median"] = (
+                float(np.median(values)) if values.size else float("nan")
+            )
+        entry["global_sdr_mean"] = float(np.mean([r["global_sdr"] for r in rows]))
+        stems[stem] = entry
+    average = {
+        key: float(np.mean([v[key] for v in stems.values()]))
+        for key in next(iter(stems.values()), {})
+    }
+    return {"stems": stems, "average": average}
+
+
+def _stem_order(stem: str) -> tuple[int, str]:
+    order = ["vocals", "drums", "bass", "other", "accompaniment"]
+    return (order.index(stem) if stem in order else len(order), stem)
+
+
+def write_outputs(
+    out: Path, model: str, settings: dict, tracks: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """summary.json and scores.csv in `out`; returns the summary."""
+    summary = {"model": model, "settings": settings, "tracks": len(tracks), **aggregate(tracks)}
+    summary["conventions"] = {
+        "museval_*_median": "BSSEval v4 (museval), 1 s windows and hop; median over frames, then median over tracks",
+        "global_sdr_mean": "10 log10(sum s^2 / sum (s - s_hat)^2) per track, mean over tracks (MDX)",
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    with open(out / "scores.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            [
+                "track",
+                "stem",
+                "museval_sdr",
+                "museval_sir",
+                "museval_sar",
+                "museval_isr",
+                "global_sdr",
+                "input",
+            ]
+        )
+        for t in sorted(tracks, key=lambda t: t["name"]):
+            for stem, s in t["scores"].items():
+                writer.writerow(
+                    [
+                        t["name"],
+                        stem,
+                        *(f"{s[m]:.4f}" for m in METRICS),
+                        f"{s['global_sdr']:.4f}",
+                        t.get("input", ""),
+                    ]
+                )
+    return summary
+
+
+def summary_table(summaries: dict[str, dict[str, Any]]) -> Table:
+    """Side-by-side table of one or more summaries (label -> summary)."""
+    table = Table(
+        title="MUSDB evaluation  (museval: median of frame medians, SiSEC; global: mean of global SDR, MDX)"
+    )
+    table.add_column("stem")
+    for label in summaries:
+        table.add_column(f"{label}\nmuseval SDR", justify="right")
+        table.add_column(f"{label}\nglobal SDR", justify="right")
+    stems = sorted({s for summary in summaries.values() for s in summary["stems"]}, key=_stem_order)
+    for stem in [*stems, "average"]:
+        row = [stem]
+        for summary in summaries.values():
+            values = summary["average"] if stem == "average" else summary["stems"].get(stem)
+            row += (
+                [f"{values['museval_sdr_median']:.2f}", f"{values['global_sdr_mean']:.2f}"]
+                if values
+                else ["-", "-"]
+            )
+        table.add_row(*row)
+    return table
+
+
+def read_track_scores(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted((folder / "tracks").glob("*.scores.json"))]
+
+
+def boxplot(folders: dict[str, Path], png: Path) -> None:
+    """Per-stem boxplots of per-track museval SDR, one box per results folder (SiSEC style)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = {label: read_track_scores(folder) for label, folder in folders.items()}
+    stems = sorted(
+        {s for tracks in data.values() for t in tracks for s in t["scores"]}, key=_stem_order
+    )
+    fig, axes = plt.subplots(
+        1, len(stems), figsize=(3.2 * len(stems), 4), sharey=True, squeeze=False
+    )
+    for ax, stem in zip(axes[0], stems):
+        values = [[t["scores"][stem]["SDR"] for t in tracks if stem in t["scores"] and np.isfinite(t["scores"][stem]["SDR"])]
+                  for tracks in data.values()]  # fmt: skip
+        ax.boxplot(values, vert=False, showfliers=True, flierprops={"markersize": 3})
+        ax.set_yticks(range(1, len(data) + 1), list(data))
+        ax.set_title(stem)
+        ax.set_xlabel("SDR (dB), museval median per track")
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)

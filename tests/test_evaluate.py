@@ -1,0 +1,198 @@
+"""Evaluation: global SDR, aggregation, museval regression, oracles, caching and the CLI."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from eval.metrics import global_sdr
+from eval.oracle import oracle_estimates
+from eval.report import aggregate
+from sepcli.cli import main
+from tests.conftest import MUSDB_PREVIEWS, SHARED
+
+
+def test_global_sdr_matches_analytic_values():
+    x = np.random.default_rng(0).standard_normal((1000, 2))
+    assert global_sdr(x, 0.5 * x) == pytest.approx(10 * np.log10(4), abs=1e-6)
+    assert global_sdr(x, 0.9 * x) == pytest.approx(20.0, abs=1e-6)
+    assert global_sdr(x, x) > 100
+
+
+def test_aggregation_is_median_of_medians_and_mean_of_global_sdr():
+    def rec(name, vocals, bass):
+        return {"name": name, "scores": {
+            "vocals": {"SDR": vocals, "SIR": 1.0, "SAR": 2.0, "ISR": 3.0, "global_sdr": vocals + 1},
+            "bass": {"SDR": bass, "SIR": 1.0, "SAR": 2.0, "ISR": 3.0, "global_sdr": bass + 1}}}  # fmt: skip
+
+    summary = aggregate([rec("a", 1.0, 4.0), rec("b", 2.0, float("nan")), rec("c", 9.0, 6.0)])
+    assert summary["stems"]["vocals"]["museval_sdr_median"] == 2.0
+    assert summary["stems"]["vocals"]["global_sdr_mean"] == pytest.approx(5.0)
+    assert summary["stems"]["bass"]["museval_sdr_median"] == 5.0  # NaN track left out
+    assert summary["average"]["museval_sdr_median"] == pytest.approx(3.5)
+
+
+@pytest.mark.skipif(not MUSDB_PREVIEWS.exists(), reason="MUSDB previews absent")
+def test_reproduces_musevals_own_regression_scores():
+    import musdb
+
+    reference = json.loads(
+        (SHARED / "specs" / "museval" / "Music Delta - 80s Rock.json").read_text()
+    )
+    track = next(
+        t
+        for t in musdb.DB(root=str(MUSDB_PREVIEWS), subsets="train")
+        if t.name == "Music Delta - 80s Rock"
+    )
+    np.random.seed(0)
+    estimates = {
+        "vocals": np.random.random(track.audio.shape),
+        "accompaniment": np.random.random(track.audio.shape),
+    }
+    refs = {s: track.targets[s].audio for s in estimates}
+    from eval.metrics import bss_eval
+
+    frames = bss_eval(
+        np.stack([refs[s] for s in estimates]),
+        np.stack([estimates[s] for s in estimates]),
+        track.rate,
+    )
+    for i, target in enumerate(reference["targets"]):
+        assert target["name"] == list(estimates)[i]
+        for j, frame in enumerate(target["frames"]):
+            for metric, value in frame["metrics"].items():
+                assert np.allclose(value, frames[metric][i][j], atol=1e-1, equal_nan=True), (
+                    target["name"],
+                    j,
+                    metric,
+                )
+
+
+def make_wav_musdb(root, tracks=2, seconds=3.0, rate=44100):
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * rate)) / rate
+    for k in range(tracks):
+        folder = root / "test" / f"Song {k}"
+        folder.mkdir(parents=True)
+        stems = {
+            "vocals": 0.2
+            * np.sin(2 * np.pi * (440 + 50 * k) * t)
+            * (1 + np.sin(2 * np.pi * 3 * t)),
+            "drums": 0.3
+            * (rng.random(t.size) < 0.002)
+            * rng.standard_normal(t.size).cumsum()
+            * 0.01,
+            "bass": 0.3 * np.sin(2 * np.pi * 55 * t),
+            "other": 0.05 * rng.standard_normal(t.size),
+        }
+        for name, x in stems.items():
+            sf.write(folder / f"{name}.wav", np.stack([x, 0.8 * x], 1), rate, subtype="FLOAT")
+        sf.write(
+            folder / "mixture.wav",
+            np.stack([sum(stems.values()), 0.8 * sum(stems.values())], 1),
+            rate,
+            subtype="FLOAT",
+        )
+
+
+def run(capsys, monkeypatch, *args):
+    monkeypatch.setattr(sys, "argv", ["sepcli", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as done:
+        code = done.code or 0
+    return code, capsys.readouterr()
+
+
+def test_oracles_on_a_generated_wav_musdb_folder_with_cache_and_compare(
+    tmp_path, capsys, monkeypatch
+):
+    make_wav_musdb(tmp_path / "db")
+    results = {}
+    for oracle in ("irm2", "mix"):
+        out = tmp_path / "res" / oracle
+        code, io = run(capsys, monkeypatch, "evaluate", "--oracle", oracle, "--musdb", tmp_path / "db", "--is-wav",
+                       "--out", out, "--jobs", "2", "-q")  # fmt: skip
+        assert code == 0, io.err
+        results[oracle] = json.loads((out / "summary.json").read_text())
+        assert results[oracle]["tracks"] == 2
+        assert (out / "tracks" / "Song 0.json").exists() and (out / "scores.csv").read_text().count(
+            "\n"
+        ) == 9
+        assert (out / "boxplot.png").stat().st_size > 1000
+    irm2, mix = results["irm2"]["stems"], results["mix"]["stems"]
+    for stem in ("vocals", "bass"):
+        assert irm2[stem]["museval_sdr_median"] > mix[stem]["museval_sdr_median"] + 10
+        assert irm2[stem]["global_sdr_mean"] > mix[stem]["global_sdr_mean"] + 10
+    # museval's own JSON is readable by sigsep's tools (same keys museval writes).
+    doc = json.loads((tmp_path / "res" / "irm2" / "tracks" / "Song 0.json").read_text())
+    assert {t["name"] for t in doc["targets"]} == {"vocals", "drums", "bass", "other"}
+    # A rerun reuses the cached per-track scores.
+    cached = tmp_path / "res" / "irm2" / "tracks" / "Song 1.scores.json"
+    before = cached.stat().st_mtime_ns
+    run(
+        capsys,
+        monkeypatch,
+        "evaluate",
+        "--oracle",
+        "irm2",
+        "--musdb",
+        tmp_path / "db",
+        "--is-wav",
+        "--out",
+        tmp_path / "res" / "irm2",
+        "-q",
+    )
+    assert cached.stat().st_mtime_ns == before
+    code, io = run(
+        capsys,
+        monkeypatch,
+        "evaluate",
+        "compare",
+        tmp_path / "res" / "irm2",
+        tmp_path / "res" / "mix",
+    )
+    assert code == 0 and "irm2" in io.out and "mix" in io.out
+    assert (tmp_path / "res" / "compare.png").exists()
+
+
+def test_oracle_masks_sum_to_the_mixture():
+    rng = np.random.default_rng(1)
+    stems = {s: rng.standard_normal((44100, 2)) * g for s, g in (("a", 1.0), ("b", 0.3))}
+    for method in ("irm1", "ibm"):
+        est = oracle_estimates(method, stems)
+        np.testing.assert_allclose(est["a"] + est["b"], stems["a"] + stems["b"], atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MUSDB_PREVIEWS.exists(), reason="MUSDB previews absent")
+def test_irm2_on_real_previews_scores_far_above_the_mixture(tmp_path, capsys, monkeypatch):
+    names = ["AM Contra - Heart Peripheral", "BKS - Bulldozer", "Buitraker - Revo X"]
+    summaries = {}
+    for oracle in ("irm2", "mix"):
+        args = [
+            "evaluate",
+            "--oracle",
+            oracle,
+            "--musdb",
+            MUSDB_PREVIEWS,
+            "--out",
+            tmp_path / oracle,
+            "-q",
+        ]
+        for n in names:
+            args += ["--tracks", n]
+        code, io = run(capsys, monkeypatch, *args)
+        assert code == 0, io.err
+        summaries[oracle] = json.loads((tmp_path / oracle / "summary.json").read_text())
+    assert summaries["irm2"]["average"]["museval_sdr_median"] > 7.0
+    assert summaries["mix"]["average"]["museval_sdr_median"] < -3.0
+    for stem in ("vocals", "drums", "bass", "other"):
+        gap = (
+            summaries["irm2"]["stems"][stem]["museval_sdr_median"]
+            - summaries["mix"]["stems"][stem]["museval_sdr_median"]
+        )
+        assert gap > 8.0, stem

@@ -1,0 +1,154 @@
+"""Mel-RoFormer: exact against the community reference, strict loading, import, loss, contract."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from models.mel_roformer import MelRoFormer, MelRoFormerConfig
+from models.spectral import mel_band_membership
+from sepcli import checkpoints
+from tests.conftest import MEL_SPEC
+
+FIXTURE = checkpoints.Path(__file__).parent / "fixtures" / "mel_roformer_2stem"
+
+
+@pytest.mark.skipif(not (MEL_SPEC / "tiny_1stem").exists(), reason="shared specs absent")
+def test_matches_the_community_reference_output_through_strict_loading():
+    folder = MEL_SPEC / "tiny_1stem"
+    cfg = checkpoints.read_yaml(folder / "config.yaml")["model"]
+    model = MelRoFormer(MelRoFormerConfig(**cfg)).eval()
+    state = torch.load(folder / "state_dict.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    x = torch.from_numpy(np.load(folder / "input.npy"))
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (1, 1, 2, 88200)
+    np.testing.assert_allclose(y[:, 0].numpy(), np.load(folder / "output.npy"), atol=1e-6, rtol=0)
+
+
+def test_matches_our_float64_fixture_with_linear_attention_and_skips():
+    config, inference = checkpoints.community_config(FIXTURE / "config.yaml")
+    assert (
+        config.sources == ("vocals", "other")
+        and config.multi_stft_resolutions_window_sizes[0] == 4096
+    )
+    assert inference == {"segment": 8820, "overlap": 0.75, "batch_size": 2}
+    model = MelRoFormer(config).eval()
+    model.load_state_dict(load_file(FIXTURE / "state_dict.safetensors"), strict=True)
+    x = torch.from_numpy(np.load(FIXTURE / "input.npy"))
+    with torch.no_grad():
+        y32 = model(x)
+        y64 = model.double()(x.double())
+    expected = np.load(FIXTURE / "output.npy")
+    np.testing.assert_allclose(y64.numpy(), expected, atol=1e-12, rtol=0)
+    np.testing.assert_allclose(y32.numpy(), expected, atol=1e-6, rtol=0)
+
+
+def test_swapping_time_and_frequency_transformers_changes_the_output():
+    """The trap: layers.{i}.0 is time and .1 frequency; a loader that swapped them must fail the test."""
+    config, _ = checkpoints.community_config(FIXTURE / "config.yaml")
+    state = load_file(FIXTURE / "state_dict.safetensors")
+    swapped = {}
+    for key, value in state.items():
+        for a, b in ((".1.layers.", ".2.layers."), (".2.layers.", ".1.layers.")):
+            if key.startswith("layers.0" + a):
+                key = "layers.0" + b + key[len("layers.0" + a) :]
+                break
+        swapped[key] = value
+    model = MelRoFormer(config).eval()
+    model.load_state_dict(swapped, strict=True)
+    with torch.no_grad():
+        y = model.double()(torch.from_numpy(np.load(FIXTURE / "input.npy")).double())
+    assert np.abs(y.numpy() - np.load(FIXTURE / "output.npy")).max() > 1e-4
+
+
+def test_community_checkpoint_wrappers_unwrap_and_bad_keys_are_named(tmp_path):
+    state = load_file(FIXTURE / "state_dict.safetensors")
+    for wrapper in (None, "model_state_dict", "state_dict", "state"):
+        path = tmp_path / f"{wrapper}.ckpt"
+        torch.save(state if wrapper is None else {wrapper: state, "epoch": 3}, path)
+        loaded = checkpoints.load_model(str(path), FIXTURE / "config.yaml")
+        assert loaded.model.sources == ("vocals", "other")
+    broken = dict(state)
+    broken["layers.0.1.layers.0.0.to_qkv.weight"] = torch.zeros(3, 3)
+    torch.save(broken, tmp_path / "shape.ckpt")
+    with pytest.raises(checkpoints.CheckpointError, match="layers.0.1.layers.0.0.to_qkv.weight"):
+        checkpoints.load_model(str(tmp_path / "shape.ckpt"), FIXTURE / "config.yaml")
+    del broken["layers.0.1.layers.0.0.to_qkv.weight"]
+    broken["extra.weight"] = torch.zeros(1)
+    torch.save(broken, tmp_path / "keys.ckpt")
+    with pytest.raises(
+        checkpoints.CheckpointError, match="missing.*to_qkv.*unexpected.*extra.weight"
+    ):
+        checkpoints.load_model(str(tmp_path / "keys.ckpt"), FIXTURE / "config.yaml")
+
+
+def test_pickled_code_in_a_checkpoint_is_refused_and_never_run(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"state_dict": Evil()}, tmp_path / "evil.ckpt")
+    with pytest.raises(checkpoints.CheckpointError, match="refused"):
+        checkpoints.load_model(str(tmp_path / "evil.ckpt"), FIXTURE / "config.yaml")
+    assert not marker.exists()
+
+
+def test_import_converts_to_native_and_separates_the_same(tmp_path):
+    torch.save(load_file(FIXTURE / "state_dict.safetensors"), tmp_path / "m.ckpt")
+    community = checkpoints.load_model(str(tmp_path / "m.ckpt"), FIXTURE / "config.yaml")
+    checkpoints.save_checkpoint(
+        tmp_path / "m.safetensors", community.model, {}, community.inference
+    )
+    native = checkpoints.load_model(str(tmp_path / "m.safetensors"))
+    assert native.inference == community.inference
+    x = torch.from_numpy(np.load(FIXTURE / "input.npy"))
+    with torch.no_grad():
+        assert torch.equal(native.model(x), community.model(x))
+
+
+def test_unknown_or_mistyped_config_keys_are_named(tmp_path):
+    for bad, name in (("  dimm: 8\n", "dimm"), ("  depth: deep\n", "depth")):
+        text = (FIXTURE / "config.yaml").read_text().replace("  dim: 8\n", "  dim: 8\n" + bad)
+        if name == "depth":
+            text = (FIXTURE / "config.yaml").read_text().replace("  depth: 1\n", bad)
+        (tmp_path / "c.yaml").write_text(text)
+        with pytest.raises(checkpoints.CheckpointError, match=name):
+            checkpoints.community_config(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize("length", [1, 441, 1000, 8821])
+def test_separator_contract_for_any_length(length):
+    config, _ = checkpoints.community_config(FIXTURE / "config.yaml")
+    model = MelRoFormer(config).eval()
+    with torch.no_grad():
+        y = model(torch.randn(2, 2, length) * 0.1)
+    assert y.shape == (2, 2, 2, length) and torch.isfinite(y).all()
+
+
+def test_loss_is_l1_plus_multi_resolution_stft_and_reaches_every_parameter():
+    config, _ = checkpoints.community_config(FIXTURE / "config.yaml")
+    model = MelRoFormer(config)
+    mix = torch.randn(1, 2, 8820) * 0.1
+    targets = torch.stack([mix * 0.3, mix * 0.7], dim=1)
+    loss = model.loss(mix, targets)
+    loss.backward()
+    assert loss.item() > 0
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert all(model.get_parameter(n).grad is not None for n in trainable)
+
+
+def test_mel_bands_match_the_reference_tables():
+    for bands in (16, 60, 64):
+        path = MEL_SPEC / f"mel_bands_sr44100_nfft2048_nb{bands}.json"
+        if not path.exists():
+            pytest.skip("shared specs absent")
+        ranges = json.loads(path.read_text())["band_ranges_inclusive"]
+        membership = mel_band_membership(44100, 2048, bands)
+        got = [[int(np.flatnonzero(r)[0]), int(np.flatnonzero(r)[-1])] for r in membership]
+        assert got == ranges
