@@ -241,7 +241,7 @@ class _OverlapAdd:
 
     def _process(self, limit: int, end: int | None) -> Iterator[np.ndarray]:
         demixer = self.demixer
-        segment, pad = demixer.segment, demixer.pad
+        segment = demixer.segment
         while True:
             starts = []
             while self.next_start <= limit and len(starts) < demixer.batch_size * 4:
