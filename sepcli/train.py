@@ -135,8 +135,13 @@ def train(
     init: Path | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    stop_after: int | None = None,
 ) -> dict[str, Any]:
-    """Train and return the final summary (steps, best validation SDR, paths)."""
+    """Train and return the final summary (steps, best validation SDR, paths).
+
+    `stop_after` ends the run early at that step, as an interruption would (state is saved and
+    `--resume` continues); Ctrl-C does the same.
+    """
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     device = resolve_device(device_name)
     if distributed and not dist.is_initialized():
@@ -203,7 +208,7 @@ def train(
     bar = _progress_bar(progress and _is_main(), settings.steps, step)
     last_valid = ""
     try:
-        while step < settings.steps:
+        while step < min(settings.steps, stop_after or settings.steps):
             optimizer.zero_grad(set_to_none=True)
             total = 0.0
             for _ in range(settings.accumulate):
@@ -213,7 +218,7 @@ def train(
                 with autocast_for(device, settings.precision):
                     loss = _loss(ddp_model, model, mix_t, targets_t) / settings.accumulate
                 scaler.scale(loss).backward()
-                total += float(loss)
+                total += float(loss.detach())
             scaler.unscale_(optimizer)
             grad_norm = float(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
@@ -255,8 +260,9 @@ def train(
             bar.close()
         if metrics_file is not None:
             metrics_file.close()
+        if _is_main():  # also on Ctrl-C, so --resume continues from the last finished step
+            _save_state(state_path, model, optimizer, schedule, ema, rng, step, best, history)
     if _is_main():
-        _save_state(state_path, model, optimizer, schedule, ema, rng, step, best, history)
         plot_curves(out / "metrics.jsonl", out / "curves.png")
     return {"steps": step, "best_valid_sdr": best, "out": str(out)}
 
