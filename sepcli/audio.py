@@ -283,28 +283,27 @@ class StemWriter:
             )
             os.close(fd)
             self.encoded_path = Path(encoded)
-            data = (
-                np.memmap(self.raw_path, dtype="<f4", mode="r", shape=(self.frames, self.channels))
-                if self.frames
-                else np.zeros((0, self.channels), np.float32)
-            )
             subtype = (
                 "MPEG_LAYER_III" if self.fmt == "mp3" else SUBTYPES[(self.fmt, self.bit_depth)]
             )
-            with sf.SoundFile(
+            out = sf.SoundFile(
                 encoded,
                 "w",
                 self.sample_rate,
                 self.channels,
                 subtype=subtype,
                 format=FORMATS[self.fmt],
-            ) as out:
+            )
+            # Read the raw file back block by block: a memmap's touched pages would count as
+            # resident memory and grow with the track's length.
+            with open(self.raw_path, "rb") as raw_in, out:
                 for start in range(0, self.frames, BLOCK_FRAMES):
-                    block = np.asarray(data[start : start + BLOCK_FRAMES]) * gain
+                    count = min(BLOCK_FRAMES, self.frames - start) * self.channels
+                    block = np.fromfile(raw_in, dtype="<f4", count=count).reshape(-1, self.channels)
+                    block = block * gain
                     if clamp:
                         block = np.clip(block, -1.0, 1.0)
                     out.write(block.astype(np.float32))
-            del data
             os.replace(encoded, self.path)
             self.encoded_path = None
         except (OSError, sf.LibsndfileError, RuntimeError, ValueError) as err:
