@@ -49,7 +49,9 @@ def overhead() -> dict:
         demixer._forward_batch = timed
         tracks, _ = batch.discover([str(path)], False)
         stems = list(loaded.model.sources)
-        batch.plan_outputs(tracks, Path(tmp) / "out", batch.DEFAULT_TEMPLATE, "default", stems, "wav")
+        batch.plan_outputs(
+            tracks, Path(tmp) / "out", batch.DEFAULT_TEMPLATE, "default", stems, "wav"
+        )
         start = time.perf_counter()
         batch.run_batch(tracks, demixer, batch.SeparationOptions(stems), batch.Reporter())
         total = time.perf_counter() - start
@@ -91,7 +93,9 @@ def main() -> None:
     table = Table(title="engine overhead: 60 s stereo, embedded default model, 2 CPU threads")
     for c in ("end to end (s)", "bare model forwards (s)", "overhead"):
         table.add_column(c, justify="right")
-    table.add_row(f"{o['end_to_end_s']:.2f}", f"{o['model_forwards_s']:.2f}", f"{100 * o['overhead']:.1f} %")
+    table.add_row(
+        f"{o['end_to_end_s']:.2f}", f"{o['model_forwards_s']:.2f}", f"{100 * o['overhead']:.1f} %"
+    )
     Console().print(table)
     table = Table(title="peak RSS vs track length (streamed; gain model; FLAC in and out)")
     table.add_column("minutes", justify="right")

@@ -61,7 +61,11 @@ _ConfigLoader.add_constructor(
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
         with open(path) as f:
-            data = yaml.load(f, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+            loader = _ConfigLoader(f)  # what yaml.safe_load does, with the tuple tag added
+            try:
+                data = loader.get_single_data()
+            finally:
+                loader.dispose()
     except FileNotFoundError:
         raise CheckpointError(f"config not found: {path}")
     except yaml.YAMLError as err:
