@@ -180,10 +180,7 @@ def adapt_channels(block: np.ndarray, channels: int, downmix: bool) -> np.ndarra
         return block.mean(axis=0, keepdims=True)
     if have > 2 and not downmix:
         raise AudioError(f"{have} channels: only mono and stereo are separated (use --downmix)")
-    mono = block.mean(axis=0, keepdims=True)
-    if channels == 2 and have > 2:
-        return np.repeat(mono, 2, axis=0)
-    return np.repeat(mono, channels, axis=0)
+    return np.repeat(block.mean(axis=0, keepdims=True), channels, axis=0)
 
 
 class Resampler:

@@ -234,7 +234,9 @@ def evaluate(
         defaults = loaded.inference
         demixer = Demixer(loaded.model, segment=defaults.get("segment"), overlap=defaults.get("overlap", 0.25),
                           batch_size=defaults.get("batch_size", 4), device=device, precision=precision)  # fmt: skip
-        settings.update(checkpoint=str(model), precision=precision, overlap=demixer.hop)
+        settings.update(
+            checkpoint=str(model), precision=precision, segment=demixer.segment, hop=demixer.hop
+        )
         rate = loaded.model.sample_rate
 
         def separate_fn(mix, references):

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from eval.metrics import global_sdr
 from models.base import Separator
 from sepcli import checkpoints
-from sepcli.data import RemixDataset, load_musdb_stems
+from sepcli.data import STEMS, RemixDataset, load_musdb_stems
 from sepcli.engine import Demixer, autocast_for, resolve_device
 
 
@@ -88,8 +88,6 @@ def validate(model: Separator, tracks: list[np.ndarray], device: torch.device) -
     """Mean global SDR per source over whole validation tracks, through the real engine."""
     demixer = Demixer(model, overlap=0.25, batch_size=4, device=device)
     scores: dict[str, list[float]] = {s: [] for s in model.sources}
-    from sepcli.data import STEMS
-
     for stems in tracks:
         mix = stems.sum(axis=0)
         estimate = demixer.separate(mix)
@@ -314,15 +312,14 @@ def _save_state(path, model, optimizer, schedule, ema, rng, step, best, history)
     os.replace(tmp, path)
 
 
-class _progress_bar:
+def _progress_bar(enabled: bool, total: int, start: int) -> "_TrainBar | None":
+    return _TrainBar(total, start) if enabled else None
+
+
+class _TrainBar:
     """A rich bar: step, loss, steps/s and the last validation SDR."""
 
-    def __new__(cls, enabled: bool, total: int, start: int):
-        if not enabled:
-            return None
-        return super().__new__(cls)
-
-    def __init__(self, enabled: bool, total: int, start: int) -> None:
+    def __init__(self, total: int, start: int) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
