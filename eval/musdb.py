@@ -48,6 +48,14 @@ def score_track(name: str, references: dict[str, np.ndarray], estimates: dict[st
     return record
 
 
+def _one_blas_thread() -> None:
+    # BSSEval's time goes into numpy.linalg.solve, which BLAS already spreads over every core;
+    # with several workers that oversubscribes the CPU, so each worker keeps to one thread.
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
 def _safe(name: str) -> str:
     return name.replace("/", "_")
 
@@ -94,7 +102,7 @@ def evaluate(separate: Separate, label: str, root: Path, out: Path, settings: di
     key_file.write_text(key)
 
     records: list[dict[str, Any]] = []
-    pool = ProcessPoolExecutor(jobs) if jobs > 1 else None
+    pool = ProcessPoolExecutor(jobs, initializer=_one_blas_thread) if jobs > 1 else None
     futures: list[Future] = []
     try:
         for track in musdb_tracks(root, subset, split, is_wav, names):
