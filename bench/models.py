@@ -1,9 +1,12 @@
 """Forward time per audio second, parameters and peak RSS of the separators (prints a table).
 
-    python bench/models.py            # KJ Mel-RoFormer config, one 8 s chunk, fp32 and bf16 on CPU
-    python bench/models.py --quick    # a small config, for a fast look
+    python bench/models.py            # every row below, CPU, 2 threads
+    python bench/models.py --quick    # a small Mel-RoFormer instead of the KJ config
 
-Each configuration runs in its own process so peak RSS is per model.
+Rows: the KJ Mel-RoFormer config on one 8 s chunk in fp32 and bf16 (with the bf16 output's SNR
+against fp32 on the same input), the embedded default's config, and the default configs of the
+complex-mask U-Net and the IBM-CNN. Random weights: speed does not depend on them. Each row runs
+in its own process, so peak RSS is per model. On CUDA (when present) the same rows run there too.
 """
 
 from __future__ import annotations
@@ -14,43 +17,69 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-KJ = dict(dim=384, depth=6, stereo=True, num_stems=1, time_transformer_depth=1, freq_transformer_depth=1,
-          num_bands=60, dim_head=64, heads=8, attn_dropout=0.0, ff_dropout=0.0, stft_hop_length=441,
-          mask_estimator_depth=2)  # fmt: skip
-QUICK = dict(KJ, dim=128, depth=2)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+KJ = {"dim": 384, "depth": 6, "num_stems": 1, "time_transformer_depth": 1,
+      "freq_transformer_depth": 1, "num_bands": 60, "dim_head": 64, "heads": 8,
+      "attn_dropout": 0.0, "ff_dropout": 0.0, "stft_hop_length": 441, "mask_estimator_depth": 2}  # fmt: skip
+QUICK = {**KJ, "dim": 128, "depth": 2}
 
 
-def measure(config: dict, seconds: float, precision: str, threads: int, repeats: int) -> dict:
+def rows(quick: bool) -> list[dict]:
+    from sepcli.train import load_preset
+
+    mel = QUICK if quick else KJ
+    label = "Mel-RoFormer quick" if quick else "Mel-RoFormer KJ"
+    return [
+        {"label": label, "arch": "mel-roformer", "config": mel, "seconds": 8.0, "precision": "fp32"},
+        {"label": label, "arch": "mel-roformer", "config": mel, "seconds": 8.0, "precision": "bf16"},
+        {"label": "Mel-RoFormer small (default)", "arch": "mel-roformer",
+         "config": load_preset("mel-roformer", "small")["model"], "seconds": 4.0, "precision": "fp32"},
+        {"label": "complex-mask U-Net", "arch": "complex-mask", "config": {}, "seconds": 2.96,
+         "precision": "fp32"},
+        {"label": "IBM-CNN", "arch": "ibm-cnn", "config": {}, "seconds": 2.0, "precision": "fp32"},
+    ]  # fmt: skip
+
+
+def measure(row: dict, device: str, threads: int, repeats: int) -> dict:
     import torch
 
-    from models.mel_roformer import MelRoFormer, MelRoFormerConfig
+    from sepcli import checkpoints
+    from sepcli.engine import autocast_for
 
     torch.set_num_threads(threads)
-    model = MelRoFormer(MelRoFormerConfig(**config)).eval()
-    x = torch.randn(1, 2, int(seconds * 44100)) * 0.1
-    cast = (
-        torch.autocast("cpu", dtype=torch.bfloat16)
-        if precision == "bf16"
-        else torch.autocast("cpu", enabled=False)
-    )
-    with torch.inference_mode(), cast:
-        model(x[..., :44100])
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
+    torch.manual_seed(0)
+    model = checkpoints.build_model(row["arch"], row["config"]).eval().to(device)
+    x = torch.randn(1, model.audio_channels, int(row["seconds"] * model.sample_rate)) * 0.1
+    x = x.to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else lambda: None
+    with torch.inference_mode():
+        reference = model(x).float() if row["precision"] != "fp32" else None
+        with autocast_for(torch.device(device), row["precision"]):
             model(x)
-            times.append(time.perf_counter() - start)
-    return {
+            times = []
+            for _ in range(repeats):
+                sync()
+                start = time.perf_counter()
+                out = model(x)
+                sync()
+                times.append(time.perf_counter() - start)
+    result = {
         "seconds": min(times),
-        "per_audio_second": min(times) / seconds,
+        "per_audio_second": min(times) / row["seconds"],
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
     }
+    if reference is not None:
+        error = (out.float() - reference).square().sum()
+        result["snr_db"] = float(10 * torch.log10(reference.square().sum() / error))
+    return result
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
@@ -58,32 +87,37 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         spec = json.loads(args.child)
-        print(
-            json.dumps(measure(spec["config"], 8.0, spec["precision"], args.threads, args.repeats))
-        )
+        print(json.dumps(measure(spec["row"], spec["device"], args.threads, args.repeats)))
         return
+
+    import torch
     from rich.console import Console
     from rich.table import Table
 
-    config = QUICK if args.quick else KJ
-    table = Table(
-        title=f"Mel-RoFormer {'quick' if args.quick else 'KJ'} config, one 8 s stereo chunk, {args.threads} CPU threads"
-    )
-    for column in ("precision", "seconds", "s per audio s", "params (M)", "peak RSS (GB)"):
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    table = Table(title=f"Separator forward passes, batch 1, {args.threads} CPU threads")
+    for column in ("model", "device", "precision", "chunk s", "seconds", "s per audio s",
+                   "params (M)", "peak RSS (GB)", "bf16 vs fp32 SNR (dB)"):  # fmt: skip
         table.add_column(column, justify="right")
-    for precision in ("fp32", "bf16"):
-        spec = json.dumps({"config": config, "precision": precision})
-        out = subprocess.run([sys.executable, __file__, "--child", spec, "--threads", str(args.threads),
-                              "--repeats", str(args.repeats)], capture_output=True, text=True, check=True)  # fmt: skip
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        table.add_row(
-            precision,
-            f"{r['seconds']:.2f}",
-            f"{r['per_audio_second']:.3f}",
-            f"{r['params_m']:.1f}",
-            f"{r['peak_rss_gb']:.2f}",
-        )
-    Console().print(table)
+    for device in devices:
+        for row in rows(args.quick):
+            spec = json.dumps({"row": row, "device": device})
+            out = subprocess.run([sys.executable, __file__, "--child", spec, "--threads",
+                                  str(args.threads), "--repeats", str(args.repeats)],
+                                 capture_output=True, text=True, check=True)  # fmt: skip
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            table.add_row(
+                row["label"],
+                device,
+                row["precision"],
+                f"{row['seconds']:.2f}",
+                f"{r['seconds']:.2f}",
+                f"{r['per_audio_second']:.3f}",
+                f"{r['params_m']:.1f}",
+                f"{r['peak_rss_gb']:.2f}",
+                f"{r['snr_db']:.1f}" if "snr_db" in r else "",
+            )
+    Console(width=160).print(table)
 
 
 if __name__ == "__main__":

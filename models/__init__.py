@@ -7,10 +7,14 @@ its config dataclass, so that code outside this package never needs to import a 
 from __future__ import annotations
 
 from models.base import Separator, SeparatorConfig
+from models.complex_mask import ComplexMaskUNet, ComplexMaskUNetConfig
+from models.ibm_cnn import IBMCNN, IBMCNNConfig
 from models.mel_roformer import MelRoFormer, MelRoFormerConfig
 
 ARCHITECTURES: dict[str, tuple[type[Separator], type[SeparatorConfig]]] = {
     "mel-roformer": (MelRoFormer, MelRoFormerConfig),
+    "complex-mask": (ComplexMaskUNet, ComplexMaskUNetConfig),
+    "ibm-cnn": (IBMCNN, IBMCNNConfig),
 }
 
 __all__ = ["ARCHITECTURES", "Separator", "SeparatorConfig"]

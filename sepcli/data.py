@@ -11,6 +11,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import soxr
 
 STEMS = ("vocals", "drums", "bass", "other")
 
@@ -40,13 +41,26 @@ def load_musdb_stems(
     for track in db:
         names.append(track.name)
         rate = track.rate
-        stems.append(np.stack([track.targets[s].audio.T.astype(np.float32) for s in STEMS]))
+        audio = np.stack([track.targets[s].audio.T for s in STEMS]).astype(np.float16)
+        # Train on the float16-rounded audio even on the first run, so that a run that decodes
+        # and a resumed run that reads the cache see bit-identical data.
+        stems.append(audio.astype(np.float32))
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         for i, s in enumerate(stems):
             np.save(cache / f"{i}.npy", s.astype(np.float16))
         (cache / "names.txt").write_text("\n".join(names))
     return names, stems, rate
+
+
+def resample_stems(stems: list[np.ndarray], rate: int, target: int) -> list[np.ndarray]:
+    """Resample each track's stems [S, C, T] with soxr (once, before training)."""
+    out = []
+    for track in stems:
+        frames = track.reshape(-1, track.shape[-1]).T  # (T, S*C), as soxr wants
+        resampled = soxr.resample(frames, rate, target, quality="HQ").T
+        out.append(np.ascontiguousarray(resampled.reshape(*track.shape[:-1], -1), np.float32))
+    return out
 
 
 class RemixDataset:

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from eval.metrics import global_sdr
 from models.base import Separator
 from sepcli import checkpoints
-from sepcli.data import STEMS, RemixDataset, load_musdb_stems
+from sepcli.data import STEMS, RemixDataset, load_musdb_stems, resample_stems
 from sepcli.engine import Demixer, autocast_for, resolve_device
 
 
@@ -60,7 +60,12 @@ class TrainSettings:
 
 
 def load_preset(architecture: str, preset: str | Path | None) -> dict[str, Any]:
-    """A preset by name (`small`, `medium`, ...) or YAML path: `{"model": ..., "training": ...}`."""
+    """A preset by name (`small`, `medium`, ...) or YAML path: `{"model": ..., "training": ...}`.
+
+    A community Mel-RoFormer YAML (with `audio`/`inference` sections, like the `kj` and `msst`
+    presets) works too: its model section and stems become the model config, and the training
+    keys sepcli shares with it (batch size, lr, accumulation, clipping, EMA) the settings.
+    """
     if preset is None:
         preset = "small"
     path = Path(preset)
@@ -72,7 +77,29 @@ def load_preset(architecture: str, preset: str | Path | None) -> dict[str, Any]:
                 f"no preset '{preset}' for {architecture} (have: {names})"
             )
     data = checkpoints.read_yaml(path)
+    if "audio" in data or "inference" in data:
+        return _community_preset(path, data)
     return {"model": dict(data.get("model") or {}), "training": dict(data.get("training") or {})}
+
+
+COMMUNITY_TRAINING_KEYS = {
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "gradient_accumulation_steps": "accumulate",
+    "grad_clip": "grad_clip",
+    "ema_momentum": "ema",
+}
+
+
+def _community_preset(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    config, _ = checkpoints.community_config(path)
+    section = data.get("training") or {}
+    training = {ours: section[theirs] for theirs, ours in COMMUNITY_TRAINING_KEYS.items()
+                if section.get(theirs)}  # fmt: skip
+    chunk = (data.get("audio") or {}).get("chunk_size")
+    if chunk:
+        training["segment"] = float(chunk) / config.sample_rate
+    return {"model": config.to_dict(), "training": training}
 
 
 def lr_factor(step: int, settings: TrainSettings) -> float:
@@ -164,7 +191,9 @@ def train(
     names, train_stems, rate = load_musdb_stems(musdb_root, "train", "train", is_wav, cache)
     valid_names, valid_stems, _ = load_musdb_stems(musdb_root, "train", "valid", is_wav, cache)
     if rate != model.sample_rate:
-        raise ValueError(f"MUSDB is {rate} Hz but the model works at {model.sample_rate} Hz")
+        # Models at another rate (the IBM-CNN works at 22.05 kHz) train and validate there.
+        train_stems = resample_stems(train_stems, rate, model.sample_rate)
+        valid_stems = resample_stems(valid_stems, rate, model.sample_rate)
     data = RemixDataset(train_stems, segment, model.sources, settings.silence_threshold)
 
     optimizer = torch.optim.AdamW(

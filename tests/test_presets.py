@@ -1,0 +1,53 @@
+"""Every shipped preset builds and trains; the community presets match the real key layouts."""
+
+import pytest
+import torch
+
+from sepcli import checkpoints
+from sepcli.train import TrainSettings, load_preset
+from tests.conftest import MEL_SPEC
+
+ALL = [(arch, name) for arch, names in checkpoints.list_presets().items() for name in names]
+
+
+def test_every_architecture_ships_presets():
+    presets = checkpoints.list_presets()
+    assert set(presets["mel-roformer"]) >= {"small", "medium", "large", "kj", "msst"}
+    assert set(presets["complex-mask"]) >= {"small", "medium", "large"}
+    assert set(presets["ibm-cnn"]) >= {"small", "pretrain"}
+
+
+@pytest.mark.parametrize(("arch", "name"), ALL)
+def test_preset_builds_a_model_and_valid_training_settings(arch, name):
+    preset = load_preset(arch, name)
+    settings = TrainSettings.from_dict(preset["training"])
+    with torch.device("meta"):  # shapes only: the large presets hold 100s of M parameters
+        model = checkpoints.build_model(arch, preset["model"])
+    assert settings.segment * model.sample_rate >= 1
+
+
+@pytest.mark.parametrize(("name", "dump", "params"),
+                         [("kj", "keys_kj_vocal_config.txt", 228_203_172),
+                          ("msst", "keys_msst_vocal_config.txt", 69_102_916)])  # fmt: skip
+def test_community_presets_have_exactly_the_community_keys_and_shapes(name, dump, params):
+    path = MEL_SPEC / dump
+    if not path.exists():
+        pytest.skip("shared Mel-RoFormer spec not present")
+    expected = {}
+    for line in path.read_text().splitlines():
+        key, shape, _ = line.split("\t")
+        expected[key] = tuple(int(x) for x in shape.strip("()").split(",") if x.strip())
+    with torch.device("meta"):
+        model = checkpoints.build_model("mel-roformer", load_preset("mel-roformer", name)["model"])
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == expected
+    assert sum(p.numel() for p in model.parameters()) == params
+
+
+def test_kj_preset_works_as_a_community_config():
+    config, defaults = checkpoints.community_config(
+        checkpoints.PRESETS_DIR / "mel-roformer-kj.yaml"
+    )
+    assert config.sources == ("vocals",) and config.stft_hop_length == 441
+    assert config.multi_stft_resolutions_window_sizes == (4096, 2048, 1024, 512, 256)
+    assert defaults == {"segment": 352800, "overlap": 0.5, "batch_size": 4}
+    assert load_preset("mel-roformer", "kj")["training"]["segment"] == 8.0
