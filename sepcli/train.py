@@ -218,15 +218,16 @@ def train(
         history = json.loads(state["history"])
         log(f"resumed from step {step}")
 
-    ddp_model: torch.nn.Module = model
+    compute_loss: torch.nn.Module = LossForward(model)
     if distributed:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(model)
+        compute_loss = torch.nn.parallel.DistributedDataParallel(compute_loss)
     scaler = torch.amp.GradScaler(
         "cuda", enabled=device.type == "cuda" and settings.precision == "fp16"
     )
     provenance_base = {
         "data": f"MUSDB18 {musdb_root.name} train split ({len(names)} tracks), remixed",
         "seed": settings.seed,
+        "world_size": dist.get_world_size() if dist.is_initialized() else 1,
         "training": dataclasses.asdict(settings),
     }
     metrics_file = open(out / "metrics.jsonl", "a") if _is_main() else None
@@ -243,7 +244,7 @@ def train(
                 mix_t = torch.from_numpy(mix).to(device)
                 targets_t = torch.from_numpy(targets).to(device)
                 with autocast_for(device, settings.precision):
-                    loss = _loss(ddp_model, model, mix_t, targets_t) / settings.accumulate
+                    loss = compute_loss(mix_t, targets_t) / settings.accumulate
                 scaler.scale(loss).backward()
                 total += float(loss.detach())
             scaler.unscale_(optimizer)
@@ -294,26 +295,16 @@ def train(
     return {"steps": step, "best_valid_sdr": best, "out": str(out)}
 
 
-def _loss(
-    ddp_model: torch.nn.Module, model: Separator, mix: torch.Tensor, targets: torch.Tensor
-) -> torch.Tensor:
-    if ddp_model is model:
-        return model.loss(mix, targets)
-    # DDP only syncs gradients through its own forward, so route `loss` through it.
-    return ddp_model.module.loss.__func__(_DDPForward(ddp_model, model), mix, targets)
+class LossForward(torch.nn.Module):
+    """The model's `loss` as a forward pass: DDP syncs gradients only through its wrapped forward,
+    and a separator's loss may call parts of the model other than `forward`."""
 
+    def __init__(self, model: Separator) -> None:
+        super().__init__()
+        self.model = model
 
-class _DDPForward:
-    """Looks like the model to its own `loss`, but calls the DDP wrapper for the forward pass."""
-
-    def __init__(self, ddp_model: torch.nn.Module, model: Separator) -> None:
-        self._ddp, self._model = ddp_model, model
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self._ddp(x)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
+    def forward(self, mix: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(mix, targets)
 
 
 def _with_state(
