@@ -29,9 +29,11 @@ from sepcli.audio import (
     probe,
     read_blocks,
 )
-from sepcli.engine import Demixer
+from sepcli.engine import Demixer, OutOfMemory
 
 DEFAULT_TEMPLATE = "{model}/{relpath}/{stem}.{ext}"
+# Below this many samples per chunk the out-of-memory fallback gives up on a track.
+MIN_SEGMENT = 4096
 
 
 class UsageError(Exception):
@@ -116,6 +118,8 @@ def discover(inputs: list[str], recursive: bool) -> tuple[list[Track], list[str]
                 continue
             seen.add(real)
             tracks.append(Track(file, rel.replace(os.sep, "/")))
+    if not tracks:
+        raise UsageError("nothing to separate: " + "; ".join(notes))
     return tracks, notes
 
 
@@ -319,13 +323,25 @@ def run_batch(
             continue
         reporter.track_start(track)
         try:
-            info = separate_track(
-                track, demixer, options, reporter.audio_progress, reporter.track_info
-            )
+            while True:
+                try:
+                    info = separate_track(
+                        track, demixer, options, reporter.audio_progress, reporter.track_info
+                    )
+                    break
+                except OutOfMemory:
+                    # Batch size 1 already failed: start the track again with half the segment.
+                    if demixer.segment // 2 < MIN_SEGMENT:
+                        raise
+                    demixer = demixer.with_segment(demixer.segment // 2)
+                    reporter.note(
+                        f"out of memory: retrying {track.path.name} with segment "
+                        f"{demixer.segment} samples"
+                    )
             result = TrackResult(
                 str(track.path), "done", outputs, None, time.perf_counter() - start, info.duration
             )
-        except (AudioError, OSError) as err:
+        except (AudioError, OSError, OutOfMemory) as err:
             message = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
             result = TrackResult(
                 str(track.path), "failed", {}, message, time.perf_counter() - start
@@ -338,6 +354,7 @@ def run_batch(
 class Reporter:
     """Where progress goes; the CLI gives a rich one, tests and library use a silent one."""
 
+    def note(self, message: str) -> None: ...
     def track_start(self, track: Track) -> None: ...
     def track_info(self, info: AudioInfo) -> None: ...
     def audio_progress(self, seconds: float) -> None: ...

@@ -415,6 +415,8 @@ def main() -> None:
     """Entry point: run the app and turn user errors into one line and an exit code."""
     from sepcli.errors import describe
 
+    # SIGINT too: click would turn a KeyboardInterrupt into a silent Abort.
+    signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     try:
         # Without standalone mode click returns typer.Exit codes instead of exiting.

@@ -73,6 +73,10 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
     return torch.autocast(device_type=device.type, dtype=dtypes[precision])
 
 
+class OutOfMemory(EngineError):
+    """Out of memory even at batch size 1: only a shorter segment can help."""
+
+
 class Demixer:
     """Separates a stream of [C, n] float32 blocks at the model's rate into [S, C, n] blocks.
 
@@ -100,6 +104,7 @@ class Demixer:
         on_retry: Callable[[str], None] | None = None,
     ) -> None:
         self.segment = int(segment or model.segment)
+        self.overlap, self.shifts, self.seed = overlap, shifts, seed
         if self.segment < 2:
             raise EngineError(f"segment must be at least 2 samples, got {self.segment}")
         if not 0 <= overlap < 1:
@@ -118,6 +123,11 @@ class Demixer:
         extra = rng.integers(1, self.hop, size=max(0, shifts - 1)) if self.hop > 1 else []
         self.offsets = sorted({0, *(int(o) for o in extra)})
         self.on_retry = on_retry
+
+    def with_segment(self, segment: int) -> "Demixer":
+        """The same demixer with another chunk length (the out-of-memory fallback)."""
+        return Demixer(self.model, segment, self.overlap, self.batch_size, self.shifts,
+                       self.device, self.precision, self.seed, self.on_retry)  # fmt: skip
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -182,9 +192,9 @@ class Demixer:
                 start += len(part)
             except torch.OutOfMemoryError:
                 if size == 1:
-                    raise EngineError(
-                        f"out of memory on {self.device} even with batch size 1; "
-                        "use a smaller --segment or --device cpu"
+                    raise OutOfMemory(
+                        f"out of memory on {self.device} even with batch size 1 and segment "
+                        f"{self.segment}; use a smaller --segment or --device cpu"
                     )
                 size = max(1, size // 2)
                 self.batch_size = size

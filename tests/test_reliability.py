@@ -1,0 +1,485 @@
+"""Bad input, faults and interruption: one line naming the file and cause, no partial output."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sepcli import audio, batch, checkpoints
+from sepcli.engine import Demixer
+from tests.conftest import GainSeparator, write_tone
+from tests.test_cli_separate import run
+
+TEMP_MARKERS = (".part", ".tmp", ".raw")
+
+
+def leftovers(folder: Path) -> list[Path]:
+    """Files that look like unfinished writes."""
+    return [p for p in folder.rglob("*") if p.is_file() and any(m in p.name for m in TEMP_MARKERS)]
+
+
+def separate_json(capsys, monkeypatch, checkpoint, out, *inputs, extra=()):
+    code, stdout, err = run(capsys, monkeypatch, "separate", *inputs, "-m", checkpoint, "-o", out,
+                            "--json", *extra)  # fmt: skip
+    assert "Traceback" not in err
+    doc = json.loads(stdout) if stdout.strip() else None
+    return code, doc, err
+
+
+def one_line_failure(code, doc, err, name, cause):
+    assert code == 1, err
+    (track,) = doc["tracks"]
+    assert track["status"] == "failed" and track["outputs"] == {}
+    assert cause.lower() in track["error"].lower(), track["error"]
+    lines = [line for line in err.splitlines() if name in line and "fail" in line.lower()]
+    assert lines, err
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def truncated(path: Path, keep: float) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+BAD_INPUTS = {
+    "empty.wav": lambda p: p.write_bytes(b""),
+    "text.wav": lambda p: p.write_text("this is not audio\n" * 50),
+    "image.wav": lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 20),
+    "noframes.wav": lambda p: sf.write(p, np.zeros((0, 2), np.float32), 44100),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_unreadable_inputs_fail_cleanly_and_name_the_file(name, tmp_path, capsys, monkeypatch,
+                                                          tiny_checkpoint):  # fmt: skip
+    path = tmp_path / name
+    BAD_INPUTS[name](path)
+    before = path.read_bytes()
+    code, doc, err = separate_json(capsys, monkeypatch, tiny_checkpoint, tmp_path / "out", path)
+    assert code == 1, err
+    (track,) = doc["tracks"]
+    assert track["status"] == "failed" and track["error"]
+    assert name in err and "Traceback" not in err
+    assert path.read_bytes() == before  # the input is never touched
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.wav"))
+
+
+@pytest.mark.parametrize(("fmt", "subtype"), [("wav", "PCM_16"), ("flac", "PCM_16"), ("mp3", None)])
+def test_truncated_files_separate_what_is_there_or_fail_cleanly(fmt, subtype, tmp_path, capsys,
+                                                                monkeypatch, tiny_checkpoint):  # fmt: skip
+    path = tmp_path / f"cut.{fmt}"
+    t = np.arange(3 * 44100) / 44100
+    sf.write(path, np.stack([0.3 * np.sin(2 * np.pi * 220 * t)] * 2, 1), 44100,
+             format=fmt.upper(), subtype=subtype)  # fmt: skip
+    truncated(path, 0.5)
+    code, doc, err = separate_json(capsys, monkeypatch, tiny_checkpoint, tmp_path / "out", path)
+    (track,) = doc["tracks"]
+    if code == 0:
+        # Decoders that recover give whole stems of the audio that survived.
+        for stem in track["outputs"].values():
+            frames = sf.info(stem).frames
+            assert 0.3 * 44100 < frames <= 3 * 44100
+    else:
+        assert code == 1 and track["status"] == "failed" and "cut." in err
+    assert leftovers(tmp_path) == []
+
+
+def test_nan_and_inf_samples_are_refused_with_the_cause(tmp_path, capsys, monkeypatch,
+                                                        tiny_checkpoint):  # fmt: skip
+    audio_ = np.zeros((44100, 2), np.float32)
+    audio_[1000, 0] = np.nan
+    sf.write(tmp_path / "nan.wav", audio_, 44100, subtype="FLOAT")
+    audio_[1000, 0] = np.inf
+    sf.write(tmp_path / "inf.wav", audio_, 44100, subtype="FLOAT")
+    for name in ("nan.wav", "inf.wav"):
+        code, doc, err = separate_json(capsys, monkeypatch, tiny_checkpoint, tmp_path / "out",
+                                       tmp_path / name)  # fmt: skip
+        one_line_failure(code, doc, err, name, "NaN")
+
+
+SIGNALS = {
+    "silent": lambda n: np.zeros((n, 2)),
+    "dc": lambda n: np.full((n, 2), 0.4) + 0.1 * np.sin(np.arange(n) / 20)[:, None],
+    "one_sample": lambda n: np.full((1, 2), 0.5),
+    "short": lambda n: np.random.default_rng(0).uniform(-0.5, 0.5, (300, 2)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SIGNALS))
+def test_degenerate_signals_give_finite_stems_of_the_same_length(kind, tmp_path, capsys,
+                                                                 monkeypatch, tiny_checkpoint):  # fmt: skip
+    data = SIGNALS[kind](44100)
+    sf.write(tmp_path / "x.wav", data, 44100, subtype="FLOAT")
+    code, doc, err = separate_json(capsys, monkeypatch, tiny_checkpoint, tmp_path / "out",
+                                   tmp_path / "x.wav", extra=("--bit-depth", "32"))  # fmt: skip
+    assert code == 0, err
+    for stem in doc["tracks"][0]["outputs"].values():
+        out, rate = sf.read(stem)
+        assert out.shape == data.shape and rate == 44100
+        assert np.isfinite(out).all()
+        if kind == "silent":
+            assert np.abs(out).max() < 1e-6
+
+
+@pytest.mark.parametrize(("subtype", "rate", "channels"), [
+    ("PCM_U8", 44100, 2), ("PCM_24", 44100, 2), ("FLOAT", 44100, 2), ("PCM_16", 44100, 1),
+    ("PCM_16", 8000, 2), ("PCM_24", 192000, 2)])  # fmt: skip
+def test_sample_formats_rates_and_mono_round_trip(subtype, rate, channels, tmp_path, capsys,
+                                                  monkeypatch, tiny_checkpoint):  # fmt: skip
+    mix = write_tone(tmp_path / "x.wav", 0.7, rate=rate, channels=channels, subtype=subtype)
+    code, doc, err = separate_json(capsys, monkeypatch, tiny_checkpoint, tmp_path / "out",
+                                   tmp_path / "x.wav")  # fmt: skip
+    assert code == 0, err
+    for stem in doc["tracks"][0]["outputs"].values():
+        info = sf.info(stem)
+        assert (info.frames, info.samplerate, info.channels) == (len(mix), rate, channels)
+
+
+def test_six_channels_fail_without_downmix_and_work_with_it(tmp_path, capsys, monkeypatch,
+                                                            tiny_checkpoint):  # fmt: skip
+    write_tone(tmp_path / "surround.wav", 0.5, channels=6)
+    code, doc, err = separate_json(capsys, monkeypatch, tiny_checkpoint, tmp_path / "out",
+                                   tmp_path / "surround.wav")  # fmt: skip
+    one_line_failure(code, doc, err, "surround.wav", "--downmix")
+    code, doc, err = separate_json(capsys, monkeypatch, tiny_checkpoint, tmp_path / "out",
+                                   tmp_path / "surround.wav", extra=("--downmix",))  # fmt: skip
+    assert code == 0 and sf.info(doc["tracks"][0]["outputs"]["vocals"]).channels == 2
+
+
+def test_odd_names_work(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+    names = ["with space.wav", "ünïcødé 歌.wav", 'quote\'s "double".wav', "-dash.wav"]
+    for name in names:
+        write_tone(tmp_path / "in" / name if (tmp_path / "in").exists() else _mkdir(tmp_path / "in") / name, 0.3)  # fmt: skip
+    code, doc, err = separate_json(capsys, monkeypatch, tiny_checkpoint, tmp_path / "out",
+                                   tmp_path / "in", extra=("-r",))  # fmt: skip
+    assert code == 0, err
+    done = {Path(t["input"]).name for t in doc["tracks"] if t["status"] == "done"}
+    assert done == set(names)
+    # A leading dash is a file, not an option, after `--` or as ./-dash.wav.
+    os.chdir(tmp_path / "in")
+    code, doc, err = separate_json(capsys, monkeypatch, tiny_checkpoint, tmp_path / "out2",
+                                   "./-dash.wav")  # fmt: skip
+    assert code == 0, err
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_folder_without_audio_and_the_same_file_twice(tmp_path, capsys, monkeypatch,
+                                                      tiny_checkpoint):  # fmt: skip
+    _mkdir(tmp_path / "docs")
+    (tmp_path / "docs" / "notes.txt").write_text("no audio here")
+    code, stdout, err = run(capsys, monkeypatch, "separate", tmp_path / "docs", "-r", "-m",
+                            tiny_checkpoint, "-o", tmp_path / "out")  # fmt: skip
+    assert code == 2 and "no audio" in err.lower() and "Traceback" not in err
+    write_tone(tmp_path / "a.wav", 0.3)
+    code, doc, err = separate_json(capsys, monkeypatch, tiny_checkpoint, tmp_path / "out",
+                                   tmp_path / "a.wav", tmp_path / "." / "a.wav")  # fmt: skip
+    assert code == 0 and len(doc["tracks"]) == 1
+
+
+def test_symlink_loops_under_recursion_end(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+    root = _mkdir(tmp_path / "music" / "album")
+    write_tone(root / "song.wav", 0.3)
+    (root / "loop").symlink_to(tmp_path / "music")
+    (root / "self").symlink_to(root)
+    code, doc, err = separate_json(capsys, monkeypatch, tiny_checkpoint, tmp_path / "out",
+                                   tmp_path / "music", extra=("-r",))  # fmt: skip
+    assert code == 0, err
+    assert [Path(t["input"]).name for t in doc["tracks"]] == ["song.wav"]
+
+
+class _Recorder(batch.Reporter):
+    def __init__(self, on_start=None):
+        self.on_start, self.notes = on_start, []
+
+    def note(self, message):
+        self.notes.append(message)
+
+    def track_start(self, track):
+        if self.on_start:
+            self.on_start(track)
+
+
+def _plan(tmp_path, names, model):
+    for name in names:
+        write_tone(tmp_path / name, 0.4)
+    tracks, _ = batch.discover([str(tmp_path / n) for n in names], False)
+    stems = batch.output_stems(model.sources, None, None)
+    batch.plan_outputs(tracks, tmp_path / "out", batch.DEFAULT_TEMPLATE, "gain", stems, "wav")
+    return tracks, batch.SeparationOptions(stems, "wav", 16, "rescale", None, False, False)
+
+
+def test_a_file_that_vanishes_mid_batch_fails_alone(tmp_path):
+    model = GainSeparator()
+    tracks, options = _plan(tmp_path, ["a.wav", "b.wav", "c.wav"], model)
+
+    def vanish(track):
+        if track.path.name == "a.wav":
+            (tmp_path / "b.wav").unlink()
+
+    results = batch.run_batch(tracks, Demixer(model), options, _Recorder(vanish))
+    assert [r.status for r in results] == ["done", "failed", "done"]
+    assert "b.wav" in results[1].input and results[1].error
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files without read permission")
+def test_a_file_that_loses_read_permission_mid_batch_fails_alone(tmp_path):
+    model = GainSeparator()
+    tracks, options = _plan(tmp_path, ["a.wav", "b.wav"], model)
+
+    def revoke(track):
+        if track.path.name == "a.wav":
+            os.chmod(tmp_path / "b.wav", 0)
+
+    results = batch.run_batch(tracks, Demixer(model), options, _Recorder(revoke))
+    assert [r.status for r in results] == ["done", "failed"]
+    assert "permission" in results[1].error.lower()
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def test_an_output_folder_that_cannot_be_created(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+    write_tone(tmp_path / "a.wav", 0.3)
+    (tmp_path / "blocker").write_text("a file where a folder should go")
+    code, doc, err = separate_json(capsys, monkeypatch, tiny_checkpoint, tmp_path / "blocker" / "x",
+                                   tmp_path / "a.wav")  # fmt: skip
+    assert code == 1 and doc["tracks"][0]["status"] == "failed", err
+    assert "a.wav" in err and "directory" in doc["tracks"][0]["error"].lower()
+    assert (tmp_path / "blocker").read_text() == "a file where a folder should go"
+
+
+def test_disk_full_mid_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    model = GainSeparator()
+    tracks, options = _plan(tmp_path, ["a.wav", "b.wav"], model)
+    real_write = audio.StemWriter.write
+    calls = {"n": 0}
+
+    def full_disk(self, block):
+        calls["n"] += 1
+        if calls["n"] == 3:  # in the middle of the first track
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(self, block)
+
+    monkeypatch.setattr(audio.StemWriter, "write", full_disk)
+    results = batch.run_batch(tracks, Demixer(model, segment=2000), options, _Recorder())
+    assert results[0].status == "failed" and "no space left" in results[0].error.lower()
+    assert results[1].status == "done"
+    assert not any(p.exists() for p in tracks[0].outputs.values())
+    assert all(sf.info(p).frames == int(0.4 * 44100) for p in tracks[1].outputs.values())
+    assert leftovers(tmp_path) == []
+
+
+def test_an_output_that_would_overwrite_its_input_is_refused(tmp_path, capsys, monkeypatch,
+                                                             tiny_checkpoint):  # fmt: skip
+    write_tone(tmp_path / "vocals.wav", 0.3)
+    before = (tmp_path / "vocals.wav").read_bytes()
+    code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "vocals.wav", "-m",
+                       tiny_checkpoint, "-o", tmp_path, "--name", "{stem}.{ext}")  # fmt: skip
+    assert code == 2 and "input" in err.lower() and "Traceback" not in err
+    assert (tmp_path / "vocals.wav").read_bytes() == before
+
+
+SLOW_MODEL = """
+import sys, time, torch
+from sepcli import checkpoints
+from models.base import Separator
+from models import ARCHITECTURES
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_mid_batch_keeps_finished_tracks_and_a_rerun_completes(sig, tmp_path,
+                                                                         tiny_checkpoint):  # fmt: skip
+    for i in range(4):
+        write_tone(tmp_path / "in" / f"t{i}.wav" if i else _mkdir(tmp_path / "in") / "t0.wav", 6.0)
+    cmd = [sys.executable, "-m", "sepcli", "separate", str(tmp_path / "in"), "-r", "-m",
+           str(tiny_checkpoint), "-o", str(tmp_path / "out"), "-q", "--segment", "0.5"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    first = tmp_path / "out" / "tiny" / "t0"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(first.glob("*.wav"))) < 4:
+        time.sleep(0.05)
+    time.sleep(0.3)  # now inside the second track
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    finished = sorted(p.name for p in first.glob("*.wav"))
+    assert finished == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
+    assert all(sf.info(p).frames == 6 * 44100 for p in first.glob("*.wav"))
+    assert leftovers(tmp_path / "out") == []
+    done_after_signal = {p.parent.name for p in (tmp_path / "out").rglob("vocals.wav")}
+    assert len(done_after_signal) < 4
+    rerun = subprocess.run(cmd + ["--json"], capture_output=True, text=True, env=env, check=False)
+    assert rerun.returncode == 0, rerun.stderr
+    statuses = {Path(t["input"]).name: t["status"] for t in json.loads(rerun.stdout)["tracks"]}
+    assert statuses["t0.wav"] == "skipped"
+    assert sorted(statuses.values()).count("done") == 4 - len(done_after_signal)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_missing_and_truncated_checkpoints(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+    write_tone(tmp_path / "a.wav", 0.3)
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(tiny_checkpoint.read_bytes()[:5000])
+    for path, cause in ((tmp_path / "missing.safetensors", "not found"), (cut, "cut.safetensors")):
+        code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "a.wav", "-m", path)
+        assert code == 2 and cause in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_wrong_architecture_for_the_weights_names_the_first_mismatch(tmp_path):
+    torch.manual_seed(0)
+    model = checkpoints.build_model("complex-mask", {"channels": [8, 16, 32]})
+    path = tmp_path / "m.safetensors"
+    checkpoints.save_checkpoint(path, model, {})
+    other = checkpoints.build_model("complex-mask", {"channels": [8, 16, 64]})
+    with pytest.raises(checkpoints.CheckpointError, match=r"encoders\.2\.conv\.weight"):
+        checkpoints.load_state_strict(other, model.state_dict(), str(path))
+    # Weights of one architecture under another's config: the keys are named.
+    roformer = checkpoints.build_model("mel-roformer", {"dim": 16, "depth": 1, "num_bands": 8})
+    with pytest.raises(checkpoints.CheckpointError, match="encoders"):
+        checkpoints.load_state_strict(roformer, model.state_dict(), str(path))
+
+
+# ---------------------------------------------------------------- devices
+
+
+class OOMUnlessShort(GainSeparator):
+    """Runs out of memory for chunks longer than `limit` samples, whatever the batch size."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(gains=(1.0, 0.5), segment=40000)
+        self.limit = limit
+
+    def forward(self, mix):
+        if mix.shape[-1] > self.limit:
+            raise torch.OutOfMemoryError("simulated")
+        return super().forward(mix)
+
+
+def test_out_of_memory_falls_back_to_a_smaller_batch_then_a_smaller_segment(tmp_path):
+    model = OOMUnlessShort(limit=12000)
+    tracks, options = _plan(tmp_path, ["a.wav"], model)
+    reporter = _Recorder()
+    demixer = Demixer(model, batch_size=4, on_retry=reporter.note)
+    (result,) = batch.run_batch(tracks, demixer, options, reporter)
+    assert result.status == "done", result.error
+    assert any("batch size 1" in n for n in reporter.notes)
+    assert any("segment 10000" in n for n in reporter.notes)
+    mix, _ = sf.read(tmp_path / "a.wav")
+    out, _ = sf.read(tracks[0].outputs["s0"])
+    np.testing.assert_allclose(out, mix, atol=1e-4)
+
+
+def test_out_of_memory_at_every_segment_fails_the_track_with_a_message(tmp_path):
+    model = OOMUnlessShort(limit=10)
+    tracks, options = _plan(tmp_path, ["a.wav"], model)
+    (result,) = batch.run_batch(tracks, Demixer(model), options, _Recorder())
+    assert result.status == "failed" and "out of memory" in result.error
+    assert leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------- fuzz
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.binary(max_size=3000), header=st.booleans(), rate=st.integers(1, 400000),
+       channels=st.integers(1, 8), bits=st.sampled_from([8, 16, 24, 32]))  # fmt: skip
+def test_fuzz_random_bytes_separate_or_fail_cleanly(tmp_path_factory, data, header, rate, channels,
+                                                    bits):  # fmt: skip
+    folder = tmp_path_factory.mktemp("fuzz")
+    path = folder / "fuzz.wav"
+    if header:  # a valid RIFF/WAVE header with random parameters over random frames
+        block = channels * bits // 8
+        fmt = (b"fmt " + (16).to_bytes(4, "little") + (1).to_bytes(2, "little")
+               + channels.to_bytes(2, "little") + rate.to_bytes(4, "little")
+               + (rate * block).to_bytes(4, "little") + block.to_bytes(2, "little")
+               + bits.to_bytes(2, "little"))  # fmt: skip
+        body = fmt + b"data" + len(data).to_bytes(4, "little") + data
+        path.write_bytes(b"RIFF" + (4 + len(body)).to_bytes(4, "little") + b"WAVE" + body)
+    else:
+        path.write_bytes(data)
+    model = GainSeparator(segment=4000)
+    tracks, _ = batch.discover([str(path)], False)
+    stems = batch.output_stems(model.sources, None, None)
+    batch.plan_outputs(tracks, folder / "out", batch.DEFAULT_TEMPLATE, "gain", stems, "wav")
+    options = batch.SeparationOptions(stems, "wav", 16, "rescale", None, True, False)
+    start = time.perf_counter()
+    (result,) = batch.run_batch(tracks, Demixer(model), options, _Recorder())
+    assert time.perf_counter() - start < 30
+    if result.status == "done":
+        for output in result.outputs.values():
+            assert sf.info(output).frames >= 0
+    else:
+        assert result.status == "failed" and result.error and "\n" not in result.error
+        assert not any(Path(p).exists() for p in tracks[0].outputs.values())
+    assert leftovers(folder) == []
+
+
+TWO_HOURS = """
+import resource, sys
+from pathlib import Path
+import numpy as np, soundfile as sf
+sys.path.insert(0, sys.argv[2])
+from sepcli import batch
+from sepcli.engine import Demixer
+from tests.conftest import GainSeparator
+
+folder = Path(sys.argv[1])
+rate, seconds = 8000, 2 * 3600
+with sf.SoundFile(folder / "long.wav", "w", rate, 1, "PCM_16") as f:
+    rng = np.random.default_rng(0)
+    for _ in range(seconds // 60):  # written a minute at a time: the generator stays flat too
+        f.write(rng.uniform(-0.5, 0.5, rate * 60).astype(np.float32))
+model = GainSeparator(segment=8000, sample_rate=rate)
+tracks, _ = batch.discover([str(folder / "long.wav")], False)
+stems = batch.output_stems(model.sources, None, None)
+batch.plan_outputs(tracks, folder / "out", batch.DEFAULT_TEMPLATE, "gain", stems, "wav")
+options = batch.SeparationOptions(stems, "wav", 16, "none", None, False, False)
+(result,) = batch.run_batch(tracks, Demixer(model, batch_size=8), options, batch.Reporter())
+frames = [sf.info(p).frames for p in tracks[0].outputs.values()]
+print(result.status, frames, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+@pytest.mark.slow
+def test_a_two_hour_input_streams_with_flat_memory(tmp_path):
+    """Held whole, 2 h would need > 1.5 GB here (input, two stems, float64 sums at model rate).
+
+    Measured: 303 MB when run alone, up to 767 MB after some other tests in the same session
+    (same environment; cause not found, allocator state is suspected), so the bound is 1.2 GB.
+    """
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", TWO_HOURS, str(tmp_path), str(root)],
+                            capture_output=True, text=True, timeout=900, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = result.stdout.strip().splitlines()[-1]
+    status, rest = line.split(" ", 1)
+    frames, peak_mb = rest.rsplit(" ", 1)
+    assert status == "done"
+    assert json.loads(frames) == [2 * 3600 * 8000] * 2
+    assert int(peak_mb) < 1200, f"peak RSS {peak_mb} MB"
