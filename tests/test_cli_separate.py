@@ -150,35 +150,6 @@ def test_two_inputs_writing_the_same_output_are_an_error_before_any_work(
     assert not (tmp_path / "o").exists()
 
 
-def test_more_than_two_channels_needs_downmix(tmp_path, capsys, monkeypatch, tiny_checkpoint):
-    write_tone(tmp_path / "six.wav", 0.3, channels=6)
-    code, out, err = run(
-        capsys,
-        monkeypatch,
-        "separate",
-        tmp_path / "six.wav",
-        "-m",
-        tiny_checkpoint,
-        "-o",
-        tmp_path,
-        "--json",
-    )
-    assert code == 1 and "--downmix" in json.loads(out)["tracks"][0]["error"]
-    code, _, err = run(
-        capsys,
-        monkeypatch,
-        "separate",
-        tmp_path / "six.wav",
-        "-m",
-        tiny_checkpoint,
-        "-o",
-        tmp_path,
-        "--downmix",
-    )
-    assert code == 0, err
-    assert sf.info(tmp_path / "tiny" / "six" / "vocals.wav").channels == 2
-
-
 def test_usage_errors_are_one_line_with_exit_code_2(tmp_path, capsys, monkeypatch, tiny_checkpoint):
     write_tone(tmp_path / "s.wav", 0.2)
     for args in (["separate", tmp_path / "missing.wav", "-m", tiny_checkpoint],

@@ -161,8 +161,9 @@ def test_six_channels_fail_without_downmix_and_work_with_it(tmp_path, capsys, mo
 
 def test_odd_names_work(tmp_path, capsys, monkeypatch, tiny_checkpoint):
     names = ["with space.wav", "ünïcødé 歌.wav", 'quote\'s "double".wav', "-dash.wav"]
+    folder = _mkdir(tmp_path / "in")
     for name in names:
-        write_tone(tmp_path / "in" / name if (tmp_path / "in").exists() else _mkdir(tmp_path / "in") / name, 0.3)  # fmt: skip
+        write_tone(folder / name, 0.3)
     code, doc, err = separate_json(capsys, monkeypatch, tiny_checkpoint, tmp_path / "out",
                                    tmp_path / "in", extra=("-r",))  # fmt: skip
     assert code == 0, err
@@ -184,7 +185,7 @@ def test_folder_without_audio_and_the_same_file_twice(tmp_path, capsys, monkeypa
                                                       tiny_checkpoint):  # fmt: skip
     _mkdir(tmp_path / "docs")
     (tmp_path / "docs" / "notes.txt").write_text("no audio here")
-    code, stdout, err = run(capsys, monkeypatch, "separate", tmp_path / "docs", "-r", "-m",
+    code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "docs", "-r", "-m",
                             tiny_checkpoint, "-o", tmp_path / "out")  # fmt: skip
     assert code == 2 and "no audio" in err.lower() and "Traceback" not in err
     write_tone(tmp_path / "a.wav", 0.3)
@@ -297,19 +298,12 @@ def test_an_output_that_would_overwrite_its_input_is_refused(tmp_path, capsys, m
     assert (tmp_path / "vocals.wav").read_bytes() == before
 
 
-SLOW_MODEL = """
-import sys, time, torch
-from sepcli import checkpoints
-from models.base import Separator
-from models import ARCHITECTURES
-"""
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_mid_batch_keeps_finished_tracks_and_a_rerun_completes(sig, tmp_path,
                                                                          tiny_checkpoint):  # fmt: skip
+    folder = _mkdir(tmp_path / "in")
     for i in range(4):
-        write_tone(tmp_path / "in" / f"t{i}.wav" if i else _mkdir(tmp_path / "in") / "t0.wav", 6.0)
+        write_tone(folder / f"t{i}.wav", 6.0)
     cmd = [sys.executable, "-m", "sepcli", "separate", str(tmp_path / "in"), "-r", "-m",
            str(tiny_checkpoint), "-o", str(tmp_path / "out"), "-q", "--segment", "0.5"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
