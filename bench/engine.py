@@ -59,7 +59,7 @@ def overhead() -> dict:
 
 def peak_rss(minutes: float) -> float:
     code = f"""
-import sys, resource, numpy as np, soundfile as sf, tempfile, torch
+import sys, numpy as np, soundfile as sf, tempfile, torch
 from pathlib import Path
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
 from sepcli import batch
@@ -76,9 +76,9 @@ with tempfile.TemporaryDirectory() as tmp:
             f.write((np.random.default_rng(0).standard_normal((441000, 2)) * 0.1).astype(np.float32))
     tracks, _ = batch.discover([str(path)], False)
     batch.plan_outputs(tracks, Path(tmp) / "o", batch.DEFAULT_TEMPLATE, "g", ["a", "b", "c", "d"], "flac")
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     batch.run_batch(tracks, Demixer(Gain(), batch_size=4), batch.SeparationOptions(["a", "b", "c", "d"], fmt="flac"), batch.Reporter())
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3)
+    # VmHWM is this process's own peak; ru_maxrss would include the parent's (vfork + exec).
+    print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1e3)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])

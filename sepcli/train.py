@@ -136,10 +136,13 @@ class EMA:
         self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        # Warm-up as in TensorFlow's EMA (num_updates): with a fixed 0.995 the average is still
+        # 37 % random init at step 200, so early validation (and `best`) would judge the init.
+        decay = min(self.decay, (1 + step) / (10 + step))
         for key, value in model.state_dict().items():
             if value.is_floating_point():
-                self.state[key].lerp_(value.detach(), 1 - self.decay)
+                self.state[key].lerp_(value.detach(), 1 - decay)
             else:
                 self.state[key].copy_(value)
 
@@ -254,7 +257,7 @@ def train(
             scaler.step(optimizer)
             scaler.update()
             schedule.step()
-            ema.update(model)
+            ema.update(model, step)
             step += 1
             record: dict[str, Any] = {"step": step, "loss": total, "grad_norm": grad_norm,
                                       "lr": schedule.get_last_lr()[0]}  # fmt: skip

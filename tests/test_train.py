@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 
 from sepcli import checkpoints
-from sepcli.train import TrainSettings, train
+from sepcli.train import EMA, TrainSettings, train
 from tests.test_separators import SMALL
 
 TINY = dict(dim=16, depth=1, num_stems=2, sources=["vocals", "bass"], time_transformer_depth=1,
@@ -137,3 +137,14 @@ def test_loss_falls_when_overfitting_a_tiny_case():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_ema_follows_the_weights_early_and_averages_later():
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = EMA(model, decay=0.995)
+    torch.nn.init.ones_(model.weight)
+    ema.update(model, step=0)  # decay 0.1: mostly the new weights
+    assert ema.state["weight"].item() == pytest.approx(0.9)
+    ema.update(model, step=10_000)  # warm-up over: the configured decay
+    assert ema.state["weight"].item() == pytest.approx(0.9 + 0.1 * 0.005)
