@@ -215,9 +215,10 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         ema.state = state["ema"]
-        rng.bit_generator.state = json.loads(state["numpy_rng"])
-        torch.set_rng_state(state["torch_rng"])
         step, best = int(state["step"]), float(state["best"])
+        rng_state = state if rank == 0 else _load_rank_rng(out, rank, step)
+        rng.bit_generator.state = json.loads(rng_state["numpy_rng"])
+        torch.set_rng_state(rng_state["torch_rng"])
         history = json.loads(state["history"])
         log(f"resumed from step {step}")
 
@@ -261,7 +262,10 @@ def train(
             step += 1
             record: dict[str, Any] = {"step": step, "loss": total, "grad_norm": grad_norm,
                                       "lr": schedule.get_last_lr()[0]}  # fmt: skip
-            if _is_main() and (step % settings.valid_every == 0 or step == settings.steps):
+            at_checkpoint = step % settings.valid_every == 0 or step == settings.steps
+            if at_checkpoint and not _is_main():
+                _save_rank_rng(out, rank, rng, step)
+            if _is_main() and at_checkpoint:
                 scores = validate(
                     _with_state(model, architecture, ema.state, device), valid_stems, device
                 )
@@ -293,6 +297,8 @@ def train(
             metrics_file.close()
         if _is_main():  # also on Ctrl-C, so --resume continues from the last finished step
             _save_state(state_path, model, optimizer, schedule, ema, rng, step, best, history)
+        else:
+            _save_rank_rng(out, rank, rng, step)
     if _is_main():
         plot_curves(out / "metrics.jsonl", out / "curves.png")
     return {"steps": step, "best_valid_sdr": best, "out": str(out)}
@@ -333,6 +339,25 @@ def _save_state(path, model, optimizer, schedule, ema, rng, step, best, history)
     tmp = path.with_suffix(".part")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def _save_rank_rng(out: Path, rank: int, rng: np.random.Generator, step: int) -> None:
+    """Each DDP rank draws its own segments, so each keeps its own RNG for `--resume`."""
+    state = {"step": step, "numpy_rng": json.dumps(rng.bit_generator.state),
+             "torch_rng": torch.get_rng_state()}  # fmt: skip
+    path = out / f"rng-rank{rank}.pt"
+    torch.save(state, path.with_suffix(".part"))
+    os.replace(path.with_suffix(".part"), path)
+
+
+def _load_rank_rng(out: Path, rank: int, step: int) -> dict:
+    path = out / f"rng-rank{rank}.pt"
+    state = torch.load(path, weights_only=True) if path.exists() else None
+    if state is None or int(state["step"]) != step:
+        raise FileNotFoundError(
+            f"cannot resume rank {rank} exactly: {path} is missing or not from step {step}"
+        )
+    return state
 
 
 def _progress_bar(enabled: bool, total: int, start: int) -> "_TrainBar | None":

@@ -15,7 +15,7 @@ import yaml
 from sepcli import checkpoints
 from sepcli.train import LossForward
 from tests.test_separators import SMALL
-from tests.test_train import TINY, make_wav_musdb
+from tests.test_train import TINY, make_wav_musdb, run
 
 
 NO_DROPOUT = {"complex-mask": {"dropout": 0.0}}
@@ -64,6 +64,32 @@ def test_ddp_averages_gradients_across_two_gloo_processes(arch):
     assert equal  # both ranks hold the same synced gradient
     assert local_spread > 1e-6  # ... although their own gradients differ
     assert mean_error < 1e-5  # ... and it is their mean
+
+
+def _train_on_rank(rank: int, port: int, root, out, stop_after: int | None, resume: bool) -> None:
+    os.environ["WORLD_SIZE"] = "2"
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    run(root, out, steps=4, resume=resume, stop_after=stop_after)
+    dist.barrier()
+
+
+@pytest.mark.slow
+def test_ddp_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path):
+    """Each rank draws different segments; a resumed rank 1 must go on with its own RNG."""
+    make_wav_musdb(tmp_path / "db")
+    spawn = mp.get_context("spawn")
+    for out, stop_after, resume in [
+        ("whole", None, False),
+        ("split", 2, False),
+        ("split", None, True),
+    ]:
+        args = (free_port(), tmp_path / "db", tmp_path / out, stop_after, resume)
+        mp.spawn(_train_on_rank, args=args, nprocs=2, join=True)
+    whole = torch.load(tmp_path / "whole" / "state.pt", weights_only=True)
+    split = torch.load(tmp_path / "split" / "state.pt", weights_only=True)
+    assert whole["step"] == split["step"] == 4
+    for key, value in whole["model"].items():
+        assert torch.equal(value, split["model"][key]), key
 
 
 def test_torchrun_trains_with_two_cpu_processes(tmp_path):
