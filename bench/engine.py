@@ -65,6 +65,7 @@ sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
 from sepcli import batch
 from sepcli.engine import Demixer
 from models.base import Separator
+from bench.models import peak_rss_kb
 class Gain(Separator):
     def __init__(self):
         super().__init__(); self.sources=("a","b","c","d"); self.sample_rate=44100; self.audio_channels=2; self.segment=44100*8
@@ -77,8 +78,7 @@ with tempfile.TemporaryDirectory() as tmp:
     tracks, _ = batch.discover([str(path)], False)
     batch.plan_outputs(tracks, Path(tmp) / "o", batch.DEFAULT_TEMPLATE, "g", ["a", "b", "c", "d"], "flac")
     batch.run_batch(tracks, Demixer(Gain(), batch_size=4), batch.SeparationOptions(["a", "b", "c", "d"], fmt="flac"), batch.Reporter())
-    # VmHWM is this process's own peak; ru_maxrss would include the parent's (vfork + exec).
-    print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1e3)
+    print(peak_rss_kb() / 1e3)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])

@@ -336,6 +336,11 @@ def _save_state(path, model, optimizer, schedule, ema, rng, step, best, history)
         "best": best,
         "history": json.dumps(history),
     }
+    _save_atomic(state, path)
+
+
+def _save_atomic(state: dict, path: Path) -> None:
+    """torch.save through a temporary file, so an interrupted save never leaves half a file."""
     tmp = path.with_suffix(".part")
     torch.save(state, tmp)
     os.replace(tmp, path)
@@ -345,9 +350,7 @@ def _save_rank_rng(out: Path, rank: int, rng: np.random.Generator, step: int) ->
     """Each DDP rank draws its own segments, so each keeps its own RNG for `--resume`."""
     state = {"step": step, "numpy_rng": json.dumps(rng.bit_generator.state),
              "torch_rng": torch.get_rng_state()}  # fmt: skip
-    path = out / f"rng-rank{rank}.pt"
-    torch.save(state, path.with_suffix(".part"))
-    os.replace(path.with_suffix(".part"), path)
+    _save_atomic(state, out / f"rng-rank{rank}.pt")
 
 
 def _load_rank_rng(out: Path, rank: int, step: int) -> dict:
