@@ -330,8 +330,7 @@ def _save_state(path, model, optimizer, schedule, ema, rng, step, best, history)
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
         "ema": ema.state,
-        "numpy_rng": json.dumps(rng.bit_generator.state),
-        "torch_rng": torch.get_rng_state(),
+        **_rng_state(rng),
         "step": step,
         "best": best,
         "history": json.dumps(history),
@@ -346,11 +345,14 @@ def _save_atomic(state: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _rng_state(rng: np.random.Generator) -> dict:
+    """The data and torch RNG as saved in `state.pt` and in each rank's `rng-rank{N}.pt`."""
+    return {"numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state()}
+
+
 def _save_rank_rng(out: Path, rank: int, rng: np.random.Generator, step: int) -> None:
     """Each DDP rank draws its own segments, so each keeps its own RNG for `--resume`."""
-    state = {"step": step, "numpy_rng": json.dumps(rng.bit_generator.state),
-             "torch_rng": torch.get_rng_state()}  # fmt: skip
-    _save_atomic(state, out / f"rng-rank{rank}.pt")
+    _save_atomic({"step": step, **_rng_state(rng)}, out / f"rng-rank{rank}.pt")
 
 
 def _load_rank_rng(out: Path, rank: int, step: int) -> dict:
