@@ -11,6 +11,7 @@ EMA, RNG states and step. Under `torchrun` the same command trains with DDP.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -172,7 +173,8 @@ def train(
     """
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     device = resolve_device(device_name)
-    if distributed and not dist.is_initialized():
+    owns_group = distributed and not dist.is_initialized()
+    if owns_group:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -301,6 +303,14 @@ def train(
             _save_rank_rng(out, rank, rng, step)
     if _is_main():
         plot_curves(out / "metrics.jsonl", out / "curves.png")
+    if owns_group:
+        # Gloo's threads may still hold the DDP reducer's work; left to interpreter shutdown it
+        # aborts the process now and then ("terminate called without an active exception",
+        # torch 2.13) after a finished run. Free it while Python is still whole.
+        dist.barrier()
+        del compute_loss
+        gc.collect()
+        dist.destroy_process_group()
     return {"steps": step, "best_valid_sdr": best, "out": str(out)}
 
 
