@@ -8,12 +8,14 @@ they load through `torch.load(weights_only=True)` and a safe YAML loader, so not
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import pickle
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,11 +135,20 @@ def save_checkpoint(
         "provenance": {"sepcli_version": sepcli.__version__, **(provenance or {})},
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in (state or model.state_dict()).items()}
+    with atomic_write(path) as tmp:
+        save_file(tensors, tmp, metadata={"sepcli": json.dumps(meta)})
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path) -> Iterator[str]:
+    """Yield a temporary name beside `path` to write; it replaces `path` only when the block
+    ends normally, so an interrupted save never leaves half a file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={"sepcli": json.dumps(meta)})
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

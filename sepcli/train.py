@@ -349,10 +349,8 @@ def _save_state(path, model, optimizer, schedule, ema, rng, step, best, history)
 
 
 def _save_atomic(state: dict, path: Path) -> None:
-    """torch.save through a temporary file, so an interrupted save never leaves half a file."""
-    tmp = path.with_suffix(".part")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with checkpoints.atomic_write(path) as tmp:
+        torch.save(state, tmp)
 
 
 def _rng_state(rng: np.random.Generator) -> dict:
