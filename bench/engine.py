@@ -4,7 +4,9 @@
    encode) on 60 s of stereo audio with the embedded default model, against the sum of the bare
    model forwards on the same chunks.
 2. Peak RSS when separating 1, 10 and 60 minutes of audio (streamed), each in a fresh process,
-   with a cheap gain model so the run measures the engine and I/O, not the network.
+   with a cheap gain model so the run measures the engine and I/O, not the network; once with
+   glibc's defaults and once with `keep_freed_memory` (what `sepcli separate` on a CPU uses),
+   which must stay bounded too.
 
     python bench/engine.py
 """
@@ -57,11 +59,14 @@ def overhead() -> dict:
     return {"end_to_end_s": total, "model_forwards_s": sum(bare), "overhead": total / sum(bare) - 1}
 
 
-def peak_rss(minutes: float) -> float:
+def peak_rss(minutes: float, keep: bool) -> float:
     code = f"""
 import sys, numpy as np, soundfile as sf, tempfile, torch
 from pathlib import Path
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from sepcli.allocator import keep_freed_memory
+if {keep}:
+    keep_freed_memory()
 from sepcli import batch
 from sepcli.engine import Demixer
 from models.base import Separator
@@ -99,9 +104,10 @@ def main() -> None:
     table = Table(title="peak RSS vs track length (streamed; gain model; FLAC in and out)")
     table.add_column("minutes", justify="right")
     table.add_column("peak RSS (MB)", justify="right")
-    results = {m: peak_rss(m) for m in (1, 10, 60)}
-    for m, rss in results.items():
-        table.add_row(str(m), f"{rss:.0f}")
+    table.add_column("with keep_freed_memory (MB)", justify="right")
+    results = {m: [peak_rss(m, keep=False), peak_rss(m, keep=True)] for m in (1, 10, 60)}
+    for m, (plain, kept) in results.items():
+        table.add_row(str(m), f"{plain:.0f}", f"{kept:.0f}")
     Console().print(table)
     print(json.dumps({"overhead": o, "peak_rss_mb": results}))
 

@@ -386,6 +386,28 @@ class MelRoFormer(Separator):
             padded = F.pad(mix, (0, cfg.stft_n_fft // 2 + 1 - length))
             return self.forward(padded)[..., :length]
         real_dtype = torch.float64 if mix.dtype == torch.float64 else torch.float32
+        stems = self.separate_spectrum(mix)  # (b, s, c, f, t)
+        freqs, frames = stems.shape[-2:]
+        window = torch.hann_window(cfg.stft_win_length, device=mix.device, dtype=real_dtype)
+        # istft to the input length: identical to the community output on its shorter length,
+        # and it keeps the Separator contract (same T) without zero-filling the tail.
+        audio = torch.istft(
+            stems.reshape(-1, freqs, frames),
+            n_fft=cfg.stft_n_fft,
+            hop_length=cfg.stft_hop_length,
+            win_length=cfg.stft_win_length,
+            window=window,
+            normalized=cfg.stft_normalized,
+            length=length,
+        )
+        audio = audio.reshape(batch, cfg.num_stems, channels, -1)
+        return match_length(audio, length).to(mix.dtype)
+
+    def separate_spectrum(self, mix: Tensor) -> Tensor:
+        """mix: [B, C, L] -> the masked mixture STFT of every stem, complex [B, S, C, F, T]."""
+        cfg = self.config
+        batch, channels, length = mix.shape
+        real_dtype = torch.float64 if mix.dtype == torch.float64 else torch.float32
         spec = self._stft(mix.reshape(batch * channels, length).to(real_dtype))  # (b*c, f, t)
         freqs, frames = spec.shape[-2:]
         # Pack channels into the frequency axis, bin-major: (b, f*c, t).
@@ -429,24 +451,11 @@ class MelRoFormer(Separator):
         summed = summed / self.bands_per_row.clamp(min=1e-8)[:, None]
         stems = packed[:, None] * summed  # (b, s, f*c, t)
 
-        stems = stems.reshape(batch * cfg.num_stems, freqs, channels, frames).transpose(1, 2)
+        stems = stems.reshape(batch, cfg.num_stems, freqs, channels, frames).transpose(2, 3)
         if cfg.zero_dc:
             stems = stems.clone()
-            stems[:, :, 0] = 0
-        window = torch.hann_window(cfg.stft_win_length, device=mix.device, dtype=real_dtype)
-        # istft to the input length: identical to the community output on its shorter length,
-        # and it keeps the Separator contract (same T) without zero-filling the tail.
-        audio = torch.istft(
-            stems.reshape(-1, freqs, frames),
-            n_fft=cfg.stft_n_fft,
-            hop_length=cfg.stft_hop_length,
-            win_length=cfg.stft_win_length,
-            window=window,
-            normalized=cfg.stft_normalized,
-            length=length,
-        )
-        audio = audio.reshape(batch, cfg.num_stems, channels, -1)
-        return match_length(audio, length).to(mix.dtype)
+            stems[:, :, :, 0] = 0
+        return stems
 
     def loss(self, mix: Tensor, targets: Tensor) -> Tensor:
         """L1 on the waveform + multi-resolution STFT L1, as the community training code does."""

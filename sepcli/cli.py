@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 
 from sepcli import __version__
+from sepcli.allocator import keep_freed_memory
 
 app = typer.Typer(
     add_completion=False,
@@ -143,6 +144,8 @@ def separate(
         precision=precision,
         on_retry=reporter.note,
     )
+    if demixer.device.type == "cpu":
+        keep_freed_memory()
     options = batch.SeparationOptions(chosen, fmt, bit_depth, clip, sample_rate, downmix, overwrite)
     with reporter:
         results = batch.run_batch(tracks, demixer, options, reporter)
@@ -234,6 +237,8 @@ def evaluate(
         defaults = loaded.inference
         demixer = Demixer(loaded.model, segment=defaults.get("segment"), overlap=defaults.get("overlap", 0.25),
                           batch_size=defaults.get("batch_size", 4), device=device, precision=precision)  # fmt: skip
+        if demixer.device.type == "cpu":
+            keep_freed_memory()
         settings.update(
             checkpoint=str(model), precision=precision, segment=demixer.segment, hop=demixer.hop
         )

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from eval.metrics import global_sdr
 from models.base import Separator
 from sepcli import checkpoints
+from sepcli.allocator import keep_freed_memory
 from sepcli.data import STEMS, RemixDataset, load_musdb_stems, resample_stems
 from sepcli.engine import Demixer, autocast_for, resolve_device
 
@@ -180,6 +181,8 @@ def train(
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
     rank = dist.get_rank() if dist.is_initialized() else 0
+    if device.type == "cpu":
+        keep_freed_memory()
     if settings.threads:
         torch.set_num_threads(settings.threads)
     out = Path(out)

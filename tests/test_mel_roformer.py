@@ -143,6 +143,26 @@ def test_loss_is_l1_plus_multi_resolution_stft_and_reaches_every_parameter():
     assert all(model.get_parameter(n).grad is not None for n in trainable)
 
 
+def test_forward_is_the_inverse_stft_of_the_masked_spectrum():
+    config, _ = checkpoints.community_config(FIXTURE / "config.yaml")
+    model = MelRoFormer(config).eval()
+    mix = torch.randn(2, 2, 8820) * 0.1
+    with torch.no_grad():
+        spectrum = model.separate_spectrum(mix)  # (b, s, c, f, t)
+        audio = model(mix)
+    window = torch.hann_window(config.stft_win_length)
+    inverse = torch.istft(
+        spectrum.flatten(0, 2),
+        config.stft_n_fft,
+        config.stft_hop_length,
+        window=window,
+        length=8820,
+    )
+    frames = 8820 // config.stft_hop_length + 1
+    assert spectrum.shape == (2, 2, 2, config.stft_n_fft // 2 + 1, frames)
+    assert torch.allclose(inverse.view_as(audio), audio, atol=1e-6)
+
+
 def test_mel_bands_match_the_reference_tables():
     for bands in (16, 60, 64):
         path = MEL_SPEC / f"mel_bands_sr44100_nfft2048_nb{bands}.json"
