@@ -2,9 +2,10 @@
 
 glibc serves every block over 32 MB with a fresh mmap and unmaps it on free. A CPU training step
 allocates and frees hundreds of such activations, so each step page-faults all of them back in,
-4 kB at a time: on two cores that was over half of a Mel-RoFormer step (10.7 s -> 4.3 s at batch
-16 without it). Turning mmap off and never trimming the heap makes freed blocks reusable, at the
-price of keeping the peak memory until the process ends.
+4 kB at a time: on two cores that was over half of a Mel-RoFormer training step. Turning mmap off
+and never trimming the heap (-1, as `man mallopt` documents; a finite threshold is an int and still
+trims heaps of several GB) makes freed blocks reusable, at the price of keeping the peak memory,
+plus some fragmentation, until the process ends.
 """
 
 from __future__ import annotations
@@ -27,4 +28,4 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # musl and others have no mallopt
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, -1))
