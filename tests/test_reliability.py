@@ -368,7 +368,10 @@ def test_interrupt_mid_batch_keeps_finished_tracks_and_a_rerun_completes(sig, tm
     assert finished == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
     assert all(sf.info(p).frames == 6 * 44100 for p in first.glob("*.wav"))
     assert leftovers(tmp_path / "out") == []
-    done_after_signal = {p.parent.name for p in (tmp_path / "out").rglob("vocals.wav")}
+    # A track the signal caught while its stems were being written has some of them (each one
+    # whole); it counts as unfinished, and the rerun separates it again.
+    folders = [p for p in (tmp_path / "out" / "tiny").iterdir() if p.is_dir()]
+    done_after_signal = [p.name for p in folders if len(list(p.glob("*.wav"))) == 4]
     assert len(done_after_signal) < 8
     rerun = subprocess.run(cmd + ["--json"], capture_output=True, text=True, env=env, check=False)
     assert rerun.returncode == 0, rerun.stderr
