@@ -2,7 +2,7 @@
 
 glibc serves every block over 32 MB with a fresh mmap and unmaps it on free. A CPU training step
 allocates and frees hundreds of such activations, so each step page-faults all of them back in,
-4 kB at a time: on two cores that was over half of a Mel-RoFormer training step. Turning mmap off
+4 kB at a time: on two cores that was about 40 % of a Mel-RoFormer training step. Turning mmap off
 and never trimming the heap (-1, as `man mallopt` documents; a finite threshold is an int and still
 trims heaps of several GB) makes freed blocks reusable, at the price of keeping the peak memory,
 plus some fragmentation, until the process ends.
@@ -14,8 +14,9 @@ import ctypes
 import ctypes.util
 import sys
 
-M_TRIM_THRESHOLD = -1
+M_TRIM_THRESHOLD = -1  # mallopt option numbers, from glibc's malloc.h
 M_MMAP_MAX = -4
+NEVER_TRIM = -1
 
 
 def keep_freed_memory() -> bool:
@@ -28,4 +29,4 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # musl and others have no mallopt
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, -1))
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, NEVER_TRIM))
