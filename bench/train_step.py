@@ -29,6 +29,7 @@ def measure(keep: bool, batch: int, threads: int, steps: int) -> dict:
         keep_freed_memory()
     import torch
 
+    from bench.models import peak_rss_kb
     from sepcli import checkpoints
     from sepcli.train import load_preset
 
@@ -51,14 +52,12 @@ def measure(keep: bool, batch: int, threads: int, steps: int) -> dict:
         step()
     wall = (time.perf_counter() - start) / steps
     after = resource.getrusage(resource.RUSAGE_SELF)
-    with open("/proc/self/status") as status:
-        peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
     return {
         "step_s": wall,
         "user_s": (after.ru_utime - before.ru_utime) / steps,
         "system_s": (after.ru_stime - before.ru_stime) / steps,
         "faults": (after.ru_minflt - before.ru_minflt) / steps,
-        "peak_rss_gb": peak_kb / 1e6,
+        "peak_rss_gb": peak_rss_kb() / 1e6,
     }
 
 

@@ -358,18 +358,19 @@ class MelRoFormer(Separator):
             for _ in range(cfg.num_stems)
         )
 
-    def _stft(self, audio: Tensor) -> Tensor:
+    def _stft_args(self, device: torch.device, dtype: torch.dtype) -> dict:
+        """The model's STFT parameters, shared by the analysis and the synthesis."""
         cfg = self.config
-        window = torch.hann_window(cfg.stft_win_length, device=audio.device, dtype=audio.dtype)
-        return torch.stft(
-            audio,
-            n_fft=cfg.stft_n_fft,
-            hop_length=cfg.stft_hop_length,
-            win_length=cfg.stft_win_length,
-            window=window,
-            normalized=cfg.stft_normalized,
-            return_complex=True,
-        )
+        return {
+            "n_fft": cfg.stft_n_fft,
+            "hop_length": cfg.stft_hop_length,
+            "win_length": cfg.stft_win_length,
+            "window": torch.hann_window(cfg.stft_win_length, device=device, dtype=dtype),
+            "normalized": cfg.stft_normalized,
+        }
+
+    def _stft(self, audio: Tensor) -> Tensor:
+        return torch.stft(audio, **self._stft_args(audio.device, audio.dtype), return_complex=True)
 
     def _run(self, fn: nn.Module, x: Tensor, out: Tensor | None = None) -> Tensor:
         if self.config.use_torch_checkpoint and self.training:
@@ -385,19 +386,13 @@ class MelRoFormer(Separator):
             # zero-padded first and the output cut back: the contract holds for any length.
             padded = F.pad(mix, (0, cfg.stft_n_fft // 2 + 1 - length))
             return self.forward(padded)[..., :length]
-        real_dtype = torch.float64 if mix.dtype == torch.float64 else torch.float32
         stems = self.separate_spectrum(mix)  # (b, s, c, f, t)
         freqs, frames = stems.shape[-2:]
-        window = torch.hann_window(cfg.stft_win_length, device=mix.device, dtype=real_dtype)
         # istft to the input length: identical to the community output on its shorter length,
         # and it keeps the Separator contract (same T) without zero-filling the tail.
         audio = torch.istft(
             stems.reshape(-1, freqs, frames),
-            n_fft=cfg.stft_n_fft,
-            hop_length=cfg.stft_hop_length,
-            win_length=cfg.stft_win_length,
-            window=window,
-            normalized=cfg.stft_normalized,
+            **self._stft_args(mix.device, stems.real.dtype),
             length=length,
         )
         audio = audio.reshape(batch, cfg.num_stems, channels, -1)
