@@ -95,7 +95,9 @@ def separate(
         None, "--segment", help="Chunk length in seconds (default: the model's)."
     ),
     overlap: Optional[float] = typer.Option(
-        None, "--overlap", help="Overlap between chunks, fraction in [0, 1) (default 0.25)."
+        None,
+        "--overlap",
+        help="Overlap between chunks, fraction in [0, 1) (default: the model's, else 0.25).",
     ),
     batch_size: Optional[int] = typer.Option(
         None, "--batch-size", help="Chunks per forward pass (default 4)."
@@ -105,6 +107,12 @@ def separate(
     ),
     shifts: int = typer.Option(
         0, "--shifts", help="Average N passes at random time shifts (slower, a bit better)."
+    ),
+    tta: Optional[bool] = typer.Option(
+        None,
+        "--tta/--no-tta",
+        help="Also separate channel-swapped and polarity-inverted copies and average (3x slower; "
+        "default: the model's).",
     ),
     sample_rate: Optional[int] = typer.Option(
         None, "--sample-rate", help="Output rate in Hz (default: the input's)."
@@ -120,13 +128,10 @@ def separate(
     """Separate songs into stems: separated/<model>/<track>/<stem>.wav by default."""
     from sepcli import batch, checkpoints, progress
     from sepcli.audio import check_output_format
-    from sepcli.engine import Demixer
 
     check_output_format(fmt, bit_depth)
     tracks, notes = batch.discover(inputs, recursive)
     loaded = checkpoints.load_model(model, config)
-    sr = loaded.model.sample_rate
-    defaults = loaded.inference
     chosen = batch.output_stems(loaded.model.sources, _split_csv(stems), two_stems)
     batch.plan_outputs(tracks, out, name, loaded.name, chosen, fmt)
     reporter = progress.RichReporter(
@@ -134,18 +139,9 @@ def separate(
     )
     for note in notes:
         reporter.note(note)
-    demixer = Demixer(
-        loaded.model,
-        segment=int(segment * sr) if segment else defaults.get("segment"),
-        overlap=overlap if overlap is not None else defaults.get("overlap", 0.25),
-        batch_size=batch_size or defaults.get("batch_size", 4),
-        shifts=shifts,
-        device=device,
-        precision=precision,
-        on_retry=reporter.note,
+    demixer = _demixer(
+        loaded, segment, overlap, batch_size, shifts, tta, device, precision, reporter.note
     )
-    if demixer.device.type == "cpu":
-        keep_freed_memory()
     options = batch.SeparationOptions(chosen, fmt, bit_depth, clip, sample_rate, downmix, overwrite)
     with reporter:
         results = batch.run_batch(tracks, demixer, options, reporter)
@@ -155,6 +151,28 @@ def separate(
         sys.stdout.write(json.dumps(doc) + "\n")
     if any(r.status == "failed" for r in results):
         raise typer.Exit(EXIT_FAILED)
+
+
+def _demixer(loaded, segment, overlap, batch_size, shifts, tta, device, precision, on_retry=None):
+    """The engine for a loaded model: command-line settings, else the checkpoint's defaults."""
+    from sepcli.engine import Demixer
+
+    defaults = loaded.inference
+    rate = loaded.model.sample_rate
+    demixer = Demixer(
+        loaded.model,
+        segment=int(segment * rate) if segment else defaults.get("segment"),
+        overlap=overlap if overlap is not None else defaults.get("overlap", 0.25),
+        batch_size=batch_size or defaults.get("batch_size", 4),
+        shifts=shifts,
+        tta=tta if tta is not None else defaults.get("tta", False),
+        device=device,
+        precision=precision,
+        on_retry=on_retry,
+    )
+    if demixer.device.type == "cpu":
+        keep_freed_memory()
+    return demixer
 
 
 def _result_json(result) -> dict:
@@ -202,6 +220,16 @@ def evaluate(
     jobs: int = typer.Option(
         os.cpu_count() or 1, "--jobs", help="Scoring processes (default: cores)."
     ),
+    segment: Optional[float] = typer.Option(
+        None, "--segment", help="Chunk length in seconds (default: the model's)."
+    ),
+    overlap: Optional[float] = typer.Option(
+        None, "--overlap", help="Overlap between chunks (default: the model's, else 0.25)."
+    ),
+    shifts: int = typer.Option(0, "--shifts", help="Average N passes at random time shifts."),
+    tta: Optional[bool] = typer.Option(
+        None, "--tta/--no-tta", help="Channel-swap and polarity test-time augmentation."
+    ),
     device: str = typer.Option("auto", "--device"),
     precision: str = typer.Option("auto", "--precision"),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
@@ -230,19 +258,13 @@ def evaluate(
     else:
         from sepcli import checkpoints
         from sepcli.audio import Resampler
-        from sepcli.engine import Demixer
 
         loaded = checkpoints.load_model(model, config)
         label = loaded.name
-        defaults = loaded.inference
-        demixer = Demixer(loaded.model, segment=defaults.get("segment"), overlap=defaults.get("overlap", 0.25),
-                          batch_size=defaults.get("batch_size", 4), device=device, precision=precision)  # fmt: skip
-        if demixer.device.type == "cpu":
-            keep_freed_memory()
-        settings.update(
-            checkpoint=str(model), precision=precision, segment=demixer.segment, hop=demixer.hop
-        )
         rate = loaded.model.sample_rate
+        demixer = _demixer(loaded, segment, overlap, None, shifts, tta, device, precision)
+        settings.update(checkpoint=str(model), precision=precision, segment=demixer.segment,
+                        hop=demixer.hop, shifts=shifts, tta=demixer.tta)  # fmt: skip
 
         def separate_fn(mix, references):
             audio = mix.T.astype(np.float32)

@@ -4,7 +4,8 @@ The track streams through in blocks. It is padded by reflection at both ends, cu
 `segment` samples every `hop` samples, and the chunks go through the model `batch_size` at a
 time. Each chunk's output is weighted by a window that is positive everywhere, added into place,
 and divided by the summed window, so an identity model reproduces its input exactly.
-`shifts` adds chunk grids at random offsets and averages them (test-time augmentation).
+`shifts` adds chunk grids at random offsets and `tta` channel-swapped and polarity-inverted
+passes, and both average them in (test-time augmentation).
 Samples are emitted once no later chunk can touch them, so memory does not grow with length.
 """
 
@@ -86,6 +87,8 @@ class Demixer:
         overlap: fraction of a chunk shared with the next one, in [0, 1).
         batch_size: chunks per forward pass.
         shifts: number of chunk grids at random offsets averaged together (0 or 1: one grid).
+        tta: also run every chunk with its channels swapped and with its polarity inverted, and
+            average the three (the community `--use_tta`); 3x the compute.
         device, precision: where and how the model runs (see `autocast_for`).
         seed: seeds the shift offsets, so runs are repeatable.
         on_retry: told in words when an out-of-memory error makes the engine shrink its batch.
@@ -98,13 +101,14 @@ class Demixer:
         overlap: float = 0.25,
         batch_size: int = 4,
         shifts: int = 0,
+        tta: bool = False,
         device: torch.device | str = "cpu",
         precision: str = "fp32",
         seed: int = 0,
         on_retry: Callable[[str], None] | None = None,
     ) -> None:
         self.segment = int(segment or model.segment)
-        self.overlap, self.shifts, self.seed = overlap, shifts, seed
+        self.overlap, self.shifts, self.tta, self.seed = overlap, shifts, tta, seed
         if self.segment < 2:
             raise EngineError(f"segment must be at least 2 samples, got {self.segment}")
         if not 0 <= overlap < 1:
@@ -126,7 +130,7 @@ class Demixer:
 
     def with_segment(self, segment: int) -> "Demixer":
         """The same demixer with another chunk length (the out-of-memory fallback)."""
-        return Demixer(self.model, segment, self.overlap, self.batch_size, self.shifts,
+        return Demixer(self.model, segment, self.overlap, self.batch_size, self.shifts, self.tta,
                        self.device, self.precision, self.seed, self.on_retry)  # fmt: skip
 
     @property
@@ -209,8 +213,12 @@ class Demixer:
     def _forward_batch(self, chunks: np.ndarray) -> np.ndarray:
         with torch.inference_mode(), autocast_for(self.device, self.precision):
             x = torch.from_numpy(chunks).to(self.device)
-            y = self.model(x)
-        return y.float().cpu().numpy()
+            y = self.model(x).float()
+            if self.tta:
+                # One view at a time, so TTA costs time but no extra memory.
+                y += self.model(x.flip(1)).float().flip(-2) - self.model(-x).float()
+                y /= 3
+        return y.cpu().numpy()
 
 
 def _reflect_pad(x: np.ndarray, left: int, right: int) -> np.ndarray:

@@ -52,6 +52,34 @@ def test_separate_writes_every_stem_with_the_input_length(
     assert json.loads(out)["tracks"][0]["status"] == "done"
 
 
+def test_tta_comes_from_the_checkpoint_and_the_flag_overrides_it(
+    tmp_path, capsys, monkeypatch, tiny_checkpoint
+):
+    from sepcli import checkpoints
+    from sepcli.engine import Demixer
+
+    loaded = checkpoints.load_model(str(tiny_checkpoint))
+    with_tta = tmp_path / "tta.safetensors"
+    checkpoints.save_checkpoint(with_tta, loaded.model, inference={"tta": True, "overlap": 0.5})
+    write_tone(tmp_path / "song.wav", 1.3)
+    audio = sf.read(tmp_path / "song.wav", dtype="float32")[0].T
+
+    def stems(*flags):
+        code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "song.wav", "-m", with_tta,
+                           "-o", tmp_path / "sep", "--bit-depth", "32", "--overwrite", "-q", *flags)  # fmt: skip
+        assert code == 0, err
+        return np.stack([sf.read(tmp_path / "sep" / "tta" / "song" / f"{s}.wav", dtype="float32")[0].T
+                         for s in ("vocals", "drums", "bass", "other")])  # fmt: skip
+
+    def engine(tta):
+        return Demixer(loaded.model, overlap=0.5, tta=tta).separate(audio)
+
+    by_default, off = stems(), stems("--no-tta")
+    np.testing.assert_allclose(by_default, engine(True), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(off, engine(False), atol=1e-6, rtol=0)
+    assert np.abs(by_default - off).max() > 1e-4
+
+
 def test_two_stems_residual_plus_estimate_is_the_mixture(
     tmp_path, capsys, monkeypatch, tiny_checkpoint
 ):
