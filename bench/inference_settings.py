@@ -35,18 +35,6 @@ SETTINGS = [  # (segment seconds, overlap, tta)
 ]
 
 
-def valid_sdr(demixer, tracks: list[np.ndarray]) -> dict[str, float]:
-    from eval.metrics import global_sdr
-    from sepcli.data import STEMS
-
-    scores: dict[str, list[float]] = {s: [] for s in STEMS}
-    for stems in tracks:
-        estimate = demixer.separate(stems.sum(axis=0))
-        for i, source in enumerate(STEMS):
-            scores[source].append(global_sdr(stems[i], estimate[i]))
-    return {s: float(np.mean(v)) for s, v in scores.items()}
-
-
 def speed(demixer, audio: np.ndarray) -> float:
     start = time.perf_counter()
     demixer.separate(audio)
@@ -59,9 +47,10 @@ def main() -> None:
 
     from sepcli.allocator import keep_freed_memory
     from sepcli.checkpoints import load_model
-    from sepcli.data import STEMS, load_musdb_stems
+    from sepcli.data import load_musdb_stems
     from sepcli.engine import Demixer
     from sepcli.example import example_song
+    from sepcli.train import score_tracks
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-m", "--model", default="default")
@@ -81,7 +70,7 @@ def main() -> None:
         demixer = Demixer(loaded.model, int(segment * 44100), overlap, batch_size=4, tta=tta)
         row = {"segment": segment, "overlap": overlap, "tta": tta, "speed": speed(demixer, audio)}
         if tracks:
-            row["sdr"] = valid_sdr(demixer, tracks)
+            row["sdr"] = score_tracks(demixer, tracks)
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -89,13 +78,13 @@ def main() -> None:
     for column in ("segment (s)", "overlap", "TTA", "× real time"):
         table.add_column(column, justify="right")
     if tracks:
-        for column in (*STEMS, "mean"):
+        for column in (*loaded.model.sources, "mean"):
             table.add_column(f"{column} (dB)", justify="right")
     for row in rows:
         cells = [f"{row['segment']:g}", f"{row['overlap']:g}", "yes" if row["tta"] else "no",
                  f"{row['speed']:.1f}"]  # fmt: skip
         if tracks:
-            values = [row["sdr"][s] for s in STEMS]
+            values = list(row["sdr"].values())
             cells += [f"{v:.2f}" for v in values] + [f"{np.mean(values):.3f}"]
         table.add_row(*cells)
     Console().print(table)

@@ -115,18 +115,23 @@ def lr_factor(step: int, settings: TrainSettings) -> float:
 
 def validate(model: Separator, tracks: list[np.ndarray], device: torch.device) -> dict[str, float]:
     """Mean global SDR per source over whole validation tracks, through the real engine."""
-    demixer = Demixer(model, overlap=0.25, batch_size=4, device=device)
-    scores: dict[str, list[float]] = {s: [] for s in model.sources}
+    scores = score_tracks(Demixer(model, overlap=0.25, batch_size=4, device=device), tracks)
+    model.train()
+    return scores
+
+
+def score_tracks(demixer: Demixer, tracks: list[np.ndarray]) -> dict[str, float]:
+    """Mean global SDR per source of `demixer` on whole tracks of stems [4, C, T] (STEMS order)."""
+    scores: dict[str, list[float]] = {s: [] for s in demixer.sources}
     for stems in tracks:
         mix = stems.sum(axis=0)
         estimate = demixer.separate(mix)
-        for i, source in enumerate(model.sources):
+        for i, source in enumerate(demixer.sources):
             if source == "accompaniment":
                 reference = mix - stems[STEMS.index("vocals")]
             else:
                 reference = stems[STEMS.index(source)]
             scores[source].append(global_sdr(reference, estimate[i]))
-    model.train()
     return {s: float(np.mean(v)) for s, v in scores.items()}
 
 
