@@ -358,6 +358,34 @@ class MelRoFormer(Separator):
             for _ in range(cfg.num_stems)
         )
 
+    def grow_from(self, shallower: MelRoFormer) -> None:
+        """Load `shallower`, a copy of this model with fewer layers per time/frequency transformer.
+
+        The extra (attention, feed-forward) layers come after the old ones, inside each
+        transformer's final norm, with their output projections at zero: they add nothing to the
+        residual stream, so the grown model computes exactly what `shallower` did and training
+        starts from its quality rather than from scratch. Raises ValueError for any other model.
+        """
+        old, new = shallower.config, self.config
+        depths = {"time_transformer_depth": 0, "freq_transformer_depth": 0}
+        if dataclasses.replace(old, **depths) != dataclasses.replace(new, **depths):
+            raise ValueError("the configs differ in more than the transformer depths")
+        if any(getattr(old, name) > getattr(new, name) for name in depths):
+            raise ValueError("the checkpoint has more transformer layers than the config")
+        state = self.state_dict()
+        state.update(shallower.state_dict())
+        self.load_state_dict(state)
+        before = [t for t in shallower.modules() if isinstance(t, Transformer)]
+        after = [t for t in self.modules() if isinstance(t, Transformer)]
+        with torch.no_grad():
+            for old_transformer, transformer in zip(before, after):
+                for attention, feed_forward in list(transformer.layers)[
+                    len(old_transformer.layers) :
+                ]:
+                    attention.to_out[0].weight.zero_()
+                    feed_forward.net[4].weight.zero_()
+                    feed_forward.net[4].bias.zero_()
+
     def _stft_args(self, device: torch.device, dtype: torch.dtype) -> dict:
         """The model's STFT parameters, shared by the analysis and the synthesis."""
         cfg = self.config

@@ -415,7 +415,10 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue exactly from OUT/state.pt."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     init: Optional[Path] = typer.Option(
-        None, "--init", help="Start from these weights (native checkpoint)."
+        None,
+        "--init",
+        help="Start from these weights (native checkpoint). A Mel-RoFormer with fewer layers per "
+        "transformer than the config is grown: the new layers start as identities.",
     ),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:

@@ -197,12 +197,12 @@ def train(
     model = checkpoints.build_model(architecture, model_config).to(device)
     if init is not None:
         loaded = checkpoints.load_model(str(init))
-        checkpoints.load_state_strict(model, loaded.model.state_dict(), str(init))
+        checkpoints.load_init(model, loaded.model, str(init))
     segment = int(round(settings.segment * model.sample_rate))
 
     cache = out / "cache"
     names, train_stems, rate = load_musdb_stems(musdb_root, "train", "train", is_wav, cache)
-    valid_names, valid_stems, _ = load_musdb_stems(musdb_root, "train", "valid", is_wav, cache)
+    _, valid_stems, _ = load_musdb_stems(musdb_root, "train", "valid", is_wav, cache)
     if rate != model.sample_rate:
         # Models at another rate (the IBM-CNN works at 22.05 kHz) train and validate there.
         train_stems = resample_stems(train_stems, rate, model.sample_rate)

@@ -86,7 +86,6 @@ def _train_on_rank(rank: int, port: int, root, out, stop_after: int | None, resu
 def test_ddp_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path):
     """Each rank draws different segments; a resumed rank 1 must go on with its own RNG."""
     make_wav_musdb(tmp_path / "db")
-    spawn = mp.get_context("spawn")
     for out, stop_after, resume in [
         ("whole", None, False),
         ("split", 2, False),

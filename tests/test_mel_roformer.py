@@ -1,5 +1,6 @@
 """Mel-RoFormer: exact against the community reference, strict loading, import, loss, contract."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -172,3 +173,30 @@ def test_mel_bands_match_the_reference_tables():
         membership = mel_band_membership(44100, 2048, bands)
         got = [[int(np.flatnonzero(r)[0]), int(np.flatnonzero(r)[-1])] for r in membership]
         assert got == ranges
+
+
+def test_growing_adds_transformer_layers_without_changing_the_output():
+    config, _ = checkpoints.community_config(FIXTURE / "config.yaml")
+    torch.manual_seed(0)
+    shallow = MelRoFormer(config).eval()
+    deeper = dataclasses.replace(config, time_transformer_depth=2, freq_transformer_depth=3)
+    grown = MelRoFormer(deeper).eval()
+    checkpoints.load_init(grown, shallow, "shallow.safetensors")
+    assert sum(p.numel() for p in grown.parameters()) > sum(p.numel() for p in shallow.parameters())
+    mix = torch.randn(1, 2, 22050) * 0.1
+    with torch.no_grad():
+        assert torch.equal(grown(mix), shallow(mix))
+
+    # The new layers still learn: their output projections get a gradient at once.
+    grown.train()
+    grown.loss(mix, torch.stack([mix * 0.3, mix * 0.7], dim=1)).backward()
+    newest = grown.layers[0][-1].layers[-1]
+    assert newest[0].to_out[0].weight.grad.abs().sum() > 0
+    assert newest[1].net[4].weight.grad.abs().sum() > 0
+
+    # Anything but a shallower copy falls back to the strict load and its named errors.
+    wider = MelRoFormer(dataclasses.replace(config, dim=16))
+    with pytest.raises(checkpoints.CheckpointError, match="shape mismatch"):
+        checkpoints.load_init(wider, shallow, "shallow.safetensors")
+    with pytest.raises(checkpoints.CheckpointError, match="unexpected key"):
+        checkpoints.load_init(MelRoFormer(config), grown, "grown.safetensors")

@@ -38,7 +38,8 @@ def make_wav_musdb(root, seconds=2.0, rate=44100):
         )
 
 
-def run(root, out, steps, resume=False, lr=3e-3, stop_after=None, arch="mel-roformer", config=None):
+def run(root, out, steps, resume=False, lr=3e-3, stop_after=None, arch="mel-roformer", config=None,
+        init=None):  # fmt: skip
     settings = TrainSettings(
         steps=steps,
         batch_size=2,
@@ -62,6 +63,7 @@ def run(root, out, steps, resume=False, lr=3e-3, stop_after=None, arch="mel-rofo
         progress=False,
         log=lambda m: None,
         stop_after=stop_after,
+        init=init,
     )
 
 
@@ -148,3 +150,21 @@ def test_ema_follows_the_weights_early_and_averages_later():
     assert ema.state["weight"].item() == pytest.approx(0.9)
     ema.update(model, step=10_000)  # warm-up over: the configured decay
     assert ema.state["weight"].item() == pytest.approx(0.9 + 0.1 * 0.005)
+
+
+def test_init_from_a_shallower_mel_roformer_starts_from_its_exact_output(tmp_path):
+    make_wav_musdb(tmp_path / "db")
+    run(tmp_path / "db", tmp_path / "shallow", steps=3)
+    init = tmp_path / "shallow" / "best.safetensors"
+    deeper = {**TINY, "time_transformer_depth": 2, "freq_transformer_depth": 2}
+    run(tmp_path / "db", tmp_path / "same", steps=1, init=init)
+    run(tmp_path / "db", tmp_path / "grown", steps=1, init=init, config=deeper)
+
+    def first_loss(name):
+        return json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+
+    # Same seed, same first batch: the grown model's first loss is the shallow model's.
+    assert first_loss("grown") == pytest.approx(first_loss("same"), rel=1e-6)
+    assert first_loss("same") != pytest.approx(first_loss("shallow"), rel=1e-3)
+    meta = checkpoints.read_metadata(tmp_path / "grown" / "last.safetensors")
+    assert meta["config"]["time_transformer_depth"] == 2
