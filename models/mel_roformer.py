@@ -379,9 +379,7 @@ class MelRoFormer(Separator):
         after = [t for t in self.modules() if isinstance(t, Transformer)]
         with torch.no_grad():
             for old_transformer, transformer in zip(before, after):
-                for attention, feed_forward in list(transformer.layers)[
-                    len(old_transformer.layers) :
-                ]:
+                for attention, feed_forward in transformer.layers[len(old_transformer.layers) :]:
                     attention.to_out[0].weight.zero_()
                     feed_forward.net[4].weight.zero_()
                     feed_forward.net[4].bias.zero_()
