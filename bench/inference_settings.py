@@ -35,10 +35,10 @@ SETTINGS = [  # (segment seconds, overlap, tta)
 ]
 
 
-def speed(demixer, audio: np.ndarray) -> float:
+def speed(demixer, audio: np.ndarray, rate: int) -> float:
     start = time.perf_counter()
     demixer.separate(audio)
-    return audio.shape[-1] / 44100 / (time.perf_counter() - start)
+    return audio.shape[-1] / rate / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -49,7 +49,7 @@ def main() -> None:
     from sepcli.checkpoints import load_model
     from sepcli.data import load_musdb_stems
     from sepcli.engine import Demixer
-    from sepcli.example import example_song
+    from sepcli.example import RATE, example_song
     from sepcli.train import score_tracks
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -67,8 +67,14 @@ def main() -> None:
 
     rows = []
     for segment, overlap, tta in SETTINGS:
-        demixer = Demixer(loaded.model, int(segment * 44100), overlap, batch_size=4, tta=tta)
-        row = {"segment": segment, "overlap": overlap, "tta": tta, "speed": speed(demixer, audio)}
+        chunk = int(segment * loaded.model.sample_rate)
+        demixer = Demixer(loaded.model, chunk, overlap, batch_size=4, tta=tta)
+        row = {
+            "segment": segment,
+            "overlap": overlap,
+            "tta": tta,
+            "speed": speed(demixer, audio, RATE),
+        }
         if tracks:
             row["sdr"] = score_tracks(demixer, tracks)
         rows.append(row)
