@@ -70,6 +70,8 @@ class IBMCNNConfig(SeparatorConfig):
 class IBMCNN(Separator):
     """forward: mix [B, C, T] -> [B, 2, C, T] (vocals, accompaniment)."""
 
+    differentiable_output = False  # binary masks: only the cross entropy on the logits trains it
+
     def __init__(self, config: IBMCNNConfig) -> None:
         super().__init__()
         cfg = self.config = config

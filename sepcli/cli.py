@@ -410,6 +410,12 @@ def train(
         None, "--accumulate", help="Gradient accumulation steps."
     ),
     valid_every: Optional[int] = typer.Option(None, "--valid-every"),
+    loss: Optional[str] = typer.Option(
+        None,
+        "--loss",
+        help="model (the architecture's own objective, default) or sdr (negative SDR over 1 s "
+        "frames, the quantity MUSDB scores measure; good for fine-tuning).",
+    ),
     device: str = typer.Option("auto", "--device"),
     precision: str = typer.Option("auto", "--precision"),
     resume: bool = typer.Option(False, "--resume", help="Continue exactly from OUT/state.pt."),
@@ -428,7 +434,7 @@ def train(
     preset = training.load_preset(architecture, config)
     values = dict(preset["training"])
     overrides = dict(steps=steps, batch_size=batch_size, segment=segment, lr=lr, accumulate=accumulate,
-                     valid_every=valid_every, seed=seed)  # fmt: skip
+                     valid_every=valid_every, seed=seed, loss=loss)  # fmt: skip
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["precision"] = precision
     settings = training.TrainSettings.from_dict(values)

@@ -30,6 +30,9 @@ from sepcli import checkpoints
 from sepcli.allocator import keep_freed_memory
 from sepcli.data import STEMS, RemixDataset, load_musdb_stems, resample_stems
 from sepcli.engine import Demixer, autocast_for, resolve_device
+from sepcli.losses import framewise_sdr_loss
+
+LOSSES = ("model", "sdr")
 
 
 @dataclasses.dataclass
@@ -51,6 +54,11 @@ class TrainSettings:
     seed: int = 0
     precision: str = "auto"
     threads: int | None = None
+    loss: str = "model"  # model (the separator's own objective) | sdr (framewise SDR)
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss '{self.loss}' (have: {', '.join(LOSSES)})")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainSettings":
@@ -190,14 +198,15 @@ def train(
         keep_freed_memory()
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-
     torch.manual_seed(settings.seed)
     model = checkpoints.build_model(architecture, model_config).to(device)
     if init is not None:
         loaded = checkpoints.load_model(str(init))
         checkpoints.load_init(model, loaded.model, str(init))
+    if settings.loss == "sdr" and not model.differentiable_output:
+        raise ValueError(f"--loss sdr cannot train {architecture}: its output is thresholded")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     segment = int(round(settings.segment * model.sample_rate))
 
     cache = out / "cache"
@@ -232,7 +241,7 @@ def train(
         history = json.loads(state["history"])
         log(f"resumed from step {step}")
 
-    compute_loss: torch.nn.Module = LossForward(model)
+    compute_loss: torch.nn.Module = LossForward(model, settings.loss)
     if distributed:
         compute_loss = torch.nn.parallel.DistributedDataParallel(compute_loss)
     scaler = torch.amp.GradScaler(
@@ -323,14 +332,17 @@ def train(
 
 
 class LossForward(torch.nn.Module):
-    """The model's `loss` as a forward pass: DDP syncs gradients only through its wrapped forward,
-    and a separator's loss may call parts of the model other than `forward`."""
+    """The training objective as a forward pass: DDP syncs gradients only through its wrapped
+    forward, and a separator's loss may call parts of the model other than `forward`."""
 
-    def __init__(self, model: Separator) -> None:
+    def __init__(self, model: Separator, loss: str = "model") -> None:
         super().__init__()
         self.model = model
+        self.loss = loss
 
     def forward(self, mix: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.loss == "sdr":
+            return framewise_sdr_loss(self.model(mix), targets, frame=self.model.sample_rate)
         return self.model.loss(mix, targets)
 
 

@@ -191,6 +191,19 @@ def test_usage_errors_are_one_line_with_exit_code_2(tmp_path, capsys, monkeypatc
         assert "Traceback" not in err and err.strip().count("\n") <= 2, err
 
 
+def test_an_unknown_training_loss_is_a_one_line_error_before_any_work(
+    tmp_path, capsys, monkeypatch
+):
+    code, _, err = run(capsys, monkeypatch, "train", "mel-roformer", "--musdb", tmp_path / "db",
+                       "--out", tmp_path / "run", "--loss", "l2")  # fmt: skip
+    assert code == 2 and "unknown loss 'l2'" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+    code, _, err = run(capsys, monkeypatch, "train", "ibm-cnn", "--musdb", tmp_path / "db",
+                       "--out", tmp_path / "run", "--loss", "sdr")  # fmt: skip
+    assert code == 2 and "cannot train ibm-cnn" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_help_works_through_python_dash_m():
     result = subprocess.run(
         [sys.executable, "-m", "sepcli", "--help"], capture_output=True, text=True
