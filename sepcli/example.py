@@ -6,7 +6,7 @@ melody (a vibrato voice with vowel formants). No recorded audio is shipped with 
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import numpy as np
 import soundfile as sf
@@ -52,10 +52,16 @@ def example_song(seconds: float = 16.0, seed: int = 0) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    path = argv[0] if argv else "example.wav"
-    sf.write(path, example_song(), RATE, subtype="PCM_16")
-    print(f"wrote {path} (16 s synthetic song)")
+    parser = argparse.ArgumentParser(
+        prog="python -m sepcli.example", description="Write a synthetic example song (16-bit WAV)."
+    )
+    parser.add_argument("path", nargs="?", default="example.wav", help="default: example.wav")
+    parser.add_argument("--seconds", type=float, default=16.0, help="length (default 16)")
+    args = parser.parse_args(argv)
+    if args.seconds <= 0:
+        parser.error("--seconds must be positive")
+    sf.write(args.path, example_song(args.seconds), RATE, subtype="PCM_16")
+    print(f"wrote {args.path} ({args.seconds:g} s synthetic song)")
 
 
 if __name__ == "__main__":

@@ -244,6 +244,17 @@ def test_readme_first_command_separates_the_generated_example_with_the_default(
     assert 10 * np.log10(np.sum(mix**2) / np.sum(residual**2)) > 10
 
 
+def test_the_example_writer_takes_a_length_and_answers_help(tmp_path, capsys):
+    from sepcli.example import RATE, main as write_example
+
+    write_example([str(tmp_path / "short.wav"), "--seconds", "2.5"])
+    info = sf.info(tmp_path / "short.wav")
+    assert (info.frames, info.channels, info.samplerate) == (int(2.5 * RATE), 2, RATE)
+    with pytest.raises(SystemExit) as exit_:
+        write_example(["--help"])
+    assert exit_.value.code == 0 and "--seconds" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("arch", ["complex-mask", "ibm-cnn"])
 def test_separate_with_the_other_architectures(tmp_path, capsys, monkeypatch, arch):
     """The IBM-CNN works at 22.05 kHz: the engine resamples in and back out to the file's rate."""
