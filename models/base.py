@@ -74,8 +74,8 @@ class Separator(torch.nn.Module):
         sample_rate: the rate the model works at, in Hz.
         audio_channels: number of channels the model expects (2 for stereo models).
         segment: preferred chunk length in samples for the engine.
-    `differentiable_output` is False where `forward` thresholds its masks, so that a loss on the
-    separated waveforms (`sepcli train --loss sdr`) could not train the model.
+    `differentiable_output` is False where `forward` thresholds its masks: a loss on the separated
+    waveforms (`sepcli train --loss sdr`) then has no gradient to train the model with.
     """
 
     differentiable_output: bool = True

@@ -13,10 +13,11 @@ SILENT_FRAME_POWER = 1e-7
 def framewise_sdr_loss(estimate: Tensor, target: Tensor, frame: int, eps: float = 1e-8) -> Tensor:
     """Negative mean SDR in dB over frames of `frame` samples, per stem, channels pooled.
 
-    `estimate` and `target` are [B, S, C, T]. This is the quantity MUSDB scores report (museval
-    takes the median of 1 s framewise SDRs; global SDR is the same ratio over the whole track),
-    so training on it spends capacity where the score is decided, unlike an L1 loss that weighs
-    a loud frame's error more than a quiet one's. A segment shorter than `frame` is one frame.
+    `estimate` and `target` are [B, S, C, T]. Over a whole track this ratio is the global SDR of
+    MDX; museval reports the median over 1 s frames of BSSEval's SDR, which also forgives a short
+    distortion filter. Training on it spends capacity where those scores are decided, unlike an
+    L1 loss, which weighs a loud frame's error more than the same relative error in a quiet one.
+    A segment shorter than `frame` is one frame.
     """
     frame = min(frame, target.shape[-1])
     count = target.shape[-1] // frame
