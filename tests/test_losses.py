@@ -8,7 +8,7 @@ from eval.metrics import global_sdr
 from sepcli import checkpoints
 from sepcli.losses import framewise_sdr_loss
 from sepcli.train import LossForward, TrainSettings
-from tests.test_train import TINY
+from tests.test_train import TINY, tiny_case
 
 
 def noisy(signal: torch.Tensor, snr_db: float, generator: torch.Generator) -> torch.Tensor:
@@ -42,10 +42,7 @@ def test_training_on_it_raises_the_sdr_of_a_tiny_case():
     torch.manual_seed(0)
     model = checkpoints.build_model("mel-roformer", TINY)
     objective = LossForward(model, "sdr")
-    t = torch.arange(22050) / 44100
-    vocals = 0.2 * torch.sin(2 * torch.pi * 440 * t).expand(1, 2, -1)
-    bass = 0.3 * torch.sin(2 * torch.pi * 55 * t).expand(1, 2, -1)
-    mix, targets = vocals + bass, torch.stack([vocals, bass], dim=1)
+    mix, targets = tiny_case()
     with torch.no_grad():
         start = model(mix)[0].numpy()
     # Half a second is one frame: the loss starts at minus the mean global SDR of the two stems.
