@@ -286,6 +286,19 @@ class BandSplit(nn.Module):
         return out.unflatten(1, (batch, frames)).permute(1, 2, 0, 3)  # to (b, t, k, d)
 
 
+def _widened(old: Tensor, fresh: Tensor) -> Tensor:
+    """A linear layer's weight or bias `old` embedded in the larger `fresh` one.
+
+    The old units keep their weights; inputs from new units get zero weight, so nothing
+    downstream changes; the new units' own input weights stay as freshly initialised.
+    """
+    grown = fresh.clone()
+    if old.dim() == 2:
+        grown[:, old.shape[1] :] = 0
+    grown[tuple(slice(0, n) for n in old.shape)] = old
+    return grown
+
+
 class MaskEstimator(nn.Module):
     """One MLP + GLU per band, from `dim` back to that band's complex mask features."""
 
@@ -358,24 +371,31 @@ class MelRoFormer(Separator):
             for _ in range(cfg.num_stems)
         )
 
-    def grow_from(self, shallower: MelRoFormer) -> None:
-        """Load `shallower`, a copy of this model with fewer layers per time/frequency transformer.
+    def grow_from(self, smaller: MelRoFormer) -> None:
+        """Load `smaller`, a copy of this model with fewer transformer layers or narrower mask MLPs.
 
         The extra (attention, feed-forward) layers come after the old ones, inside each
         transformer's final norm, with their output projections at zero: they add nothing to the
-        residual stream, so the grown model computes exactly what `shallower` did and training
-        starts from its quality rather than from scratch. Raises ValueError for any other model.
+        residual stream. The extra hidden units of a wider mask MLP (a larger
+        `mlp_expansion_factor`) keep their fresh input weights but start with zero output weights.
+        Either way the grown model computes exactly what `smaller` did, and training starts from
+        its quality rather than from scratch. Raises ValueError for any other model.
         """
-        old, new = shallower.config, self.config
-        depths = {"time_transformer_depth": 0, "freq_transformer_depth": 0}
-        if dataclasses.replace(old, **depths) != dataclasses.replace(new, **depths):
-            raise ValueError("the configs differ in more than the transformer depths")
-        if any(getattr(old, name) > getattr(new, name) for name in depths):
-            raise ValueError("the checkpoint has more transformer layers than the config")
+        old, new = smaller.config, self.config
+        growable = {
+            "time_transformer_depth": 0,
+            "freq_transformer_depth": 0,
+            "mlp_expansion_factor": 0,
+        }
+        if dataclasses.replace(old, **growable) != dataclasses.replace(new, **growable):
+            raise ValueError("the configs differ in more than transformer depths and MLP widths")
+        if any(getattr(old, name) > getattr(new, name) for name in growable):
+            raise ValueError("the checkpoint is larger than the config")
         state = self.state_dict()
-        state.update(shallower.state_dict())
+        for key, value in smaller.state_dict().items():
+            state[key] = value if value.shape == state[key].shape else _widened(value, state[key])
         self.load_state_dict(state)
-        before = [t for t in shallower.modules() if isinstance(t, Transformer)]
+        before = [t for t in smaller.modules() if isinstance(t, Transformer)]
         after = [t for t in self.modules() if isinstance(t, Transformer)]
         with torch.no_grad():
             for old_transformer, transformer in zip(before, after):

@@ -134,8 +134,13 @@ def save_checkpoint(
     provenance: dict[str, Any] | None = None,
     inference: dict[str, Any] | None = None,
     state: dict[str, torch.Tensor] | None = None,
+    half: bool = False,
 ) -> None:
-    """Write `model` (or `state`, e.g. EMA weights) as a native checkpoint, atomically."""
+    """Write `model` (or `state`, e.g. EMA weights) as a native checkpoint, atomically.
+
+    `half` stores float32 tensors as float16, half the file; loading casts them back to the
+    model's float32, so only the weights' rounding differs.
+    """
     path = Path(path)
     meta = {
         "architecture": architecture_of(model),
@@ -146,6 +151,8 @@ def save_checkpoint(
         "provenance": {"sepcli_version": sepcli.__version__, **(provenance or {})},
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in (state or model.state_dict()).items()}
+    if half:
+        tensors = {k: v.half() if v.dtype == torch.float32 else v for k, v in tensors.items()}
     with atomic_write(path) as tmp:
         save_file(tensors, tmp, metadata={"sepcli": json.dumps(meta)})
 

@@ -365,13 +365,16 @@ def models_import(
     checkpoint: Path = typer.Argument(..., help="Community .ckpt/.pth state dict."),
     config: Path = typer.Option(..., "--config", help="Its YAML config."),
     out: Path = typer.Option(..., "-o", "--out", help="Native .safetensors file to write."),
+    half: bool = typer.Option(
+        False, "--half", help="Store the weights as float16: half the file, float32 when loaded."
+    ),
 ) -> None:
     """Convert a community Mel-RoFormer checkpoint to sepcli's native format."""
     from sepcli import checkpoints
 
     loaded = checkpoints.load_model(str(checkpoint), config)
     provenance = loaded.metadata.get("provenance", {})
-    checkpoints.save_checkpoint(out, loaded.model, provenance, loaded.inference)
+    checkpoints.save_checkpoint(out, loaded.model, provenance, loaded.inference, half=half)
     err_console.print(
         f"wrote {out} ({', '.join(loaded.model.sources)}, {loaded.model.sample_rate} Hz)"
     )

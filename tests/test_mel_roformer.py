@@ -113,6 +113,38 @@ def test_import_converts_to_native_and_separates_the_same(tmp_path):
         assert torch.equal(native.model(x), community.model(x))
 
 
+def test_import_half_stores_float16_and_separates_nearly_the_same(tmp_path):
+    from typer.testing import CliRunner
+
+    from sepcli.cli import app
+
+    torch.save(load_file(FIXTURE / "state_dict.safetensors"), tmp_path / "m.ckpt")
+    for name, flags in (("full", []), ("half", ["--half"])):
+        args = [
+            "models",
+            "import",
+            str(tmp_path / "m.ckpt"),
+            "--config",
+            str(FIXTURE / "config.yaml"),
+        ]
+        result = CliRunner().invoke(
+            app, [*args, "-o", str(tmp_path / f"{name}.safetensors"), *flags]
+        )
+        assert result.exit_code == 0, result.output
+    full, half = (load_file(tmp_path / f"{n}.safetensors") for n in ("full", "half"))
+    assert {v.dtype for v in full.values()} == {torch.float32}
+    assert {v.dtype for v in half.values()} == {torch.float16}
+    assert all(torch.equal(half[k], full[k].half()) for k in full)
+    model = checkpoints.load_model(str(tmp_path / "half.safetensors")).model
+    assert next(model.parameters()).dtype == torch.float32
+    x = torch.from_numpy(np.load(FIXTURE / "input.npy"))
+    reference = checkpoints.load_model(str(tmp_path / "full.safetensors")).model
+    with torch.no_grad():
+        a, b = reference(x), model(x)
+    assert not torch.equal(a, b)
+    assert (a - b).abs().max() < 1e-2 * a.abs().max()
+
+
 def test_unknown_or_mistyped_config_keys_are_named(tmp_path):
     for bad, name in (("  dimm: 8\n", "dimm"), ("  depth: deep\n", "depth")):
         text = (FIXTURE / "config.yaml").read_text().replace("  dim: 8\n", "  dim: 8\n" + bad)
@@ -200,3 +232,31 @@ def test_growing_adds_transformer_layers_without_changing_the_output():
         checkpoints.load_init(wider, shallow, "shallow.safetensors")
     with pytest.raises(checkpoints.CheckpointError, match="unexpected key"):
         checkpoints.load_init(MelRoFormer(config), grown, "grown.safetensors")
+
+
+def test_growing_widens_the_mask_mlps_without_changing_the_output():
+    config, _ = checkpoints.community_config(FIXTURE / "config.yaml")
+    torch.manual_seed(0)
+    narrow = MelRoFormer(dataclasses.replace(config, mask_estimator_depth=2)).eval()
+    wider = dataclasses.replace(narrow.config, mlp_expansion_factor=3, time_transformer_depth=2)
+    grown = MelRoFormer(wider).eval()
+    checkpoints.load_init(grown, narrow, "narrow.safetensors")
+    first = grown.mask_estimators[0].to_freqs[0][0]  # Linear, Tanh, Linear, Tanh, Linear
+    old_first = narrow.mask_estimators[0].to_freqs[0][0]
+    assert old_first[2].weight.shape == (2 * config.dim,) * 2
+    assert first[2].weight.shape == (3 * config.dim,) * 2
+    assert torch.equal(first[0].weight[: old_first[0].out_features], old_first[0].weight)
+    assert first[0].weight[old_first[0].out_features :].abs().sum() > 0  # fresh, not zero
+    assert first[4].weight[:, old_first[4].in_features :].abs().sum() == 0
+    mix = torch.randn(1, 2, 22050) * 0.1
+    with torch.no_grad():
+        assert torch.equal(grown(mix), narrow(mix))
+
+    # The new hidden units learn: their output weights get a gradient at once.
+    grown.train()
+    grown.loss(mix, torch.stack([mix * 0.3, mix * 0.7], dim=1)).backward()
+    assert first[4].weight.grad[:, old_first[4].in_features :].abs().sum() > 0
+
+    # Shrinking is not growing: the strict load refuses it.
+    with pytest.raises(checkpoints.CheckpointError, match="grown.safetensors"):
+        checkpoints.load_init(MelRoFormer(narrow.config), grown, "grown.safetensors")
