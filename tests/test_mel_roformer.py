@@ -12,6 +12,7 @@ from models.mel_roformer import MelRoFormer, MelRoFormerConfig
 from models.spectral import mel_band_membership
 from sepcli import checkpoints
 from tests.conftest import MEL_SPEC
+from tests.test_cli_separate import run
 
 FIXTURE = checkpoints.Path(__file__).parent / "fixtures" / "mel_roformer_2stem"
 
@@ -113,24 +114,14 @@ def test_import_converts_to_native_and_separates_the_same(tmp_path):
         assert torch.equal(native.model(x), community.model(x))
 
 
-def test_import_half_stores_float16_and_separates_nearly_the_same(tmp_path):
-    from typer.testing import CliRunner
-
-    from sepcli.cli import app
-
+def test_import_half_stores_float16_and_separates_nearly_the_same(tmp_path, capsys, monkeypatch):
     torch.save(load_file(FIXTURE / "state_dict.safetensors"), tmp_path / "m.ckpt")
     for name, flags in (("full", []), ("half", ["--half"])):
-        args = [
-            "models",
-            "import",
-            str(tmp_path / "m.ckpt"),
-            "--config",
-            str(FIXTURE / "config.yaml"),
-        ]
-        result = CliRunner().invoke(
-            app, [*args, "-o", str(tmp_path / f"{name}.safetensors"), *flags]
+        args = ["models", "import", tmp_path / "m.ckpt", "--config", FIXTURE / "config.yaml"]
+        code, _, err = run(
+            capsys, monkeypatch, *args, "-o", tmp_path / f"{name}.safetensors", *flags
         )
-        assert result.exit_code == 0, result.output
+        assert code == 0, err
     full, half = (load_file(tmp_path / f"{n}.safetensors") for n in ("full", "half"))
     assert {v.dtype for v in full.values()} == {torch.float32}
     assert {v.dtype for v in half.values()} == {torch.float16}
