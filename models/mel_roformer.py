@@ -10,6 +10,7 @@ once, and a vectorised band split. See ../shared/specs/mel_roformer/SPEC.md for 
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import torch
@@ -286,16 +287,30 @@ class BandSplit(nn.Module):
         return out.unflatten(1, (batch, frames)).permute(1, 2, 0, 3)  # to (b, t, k, d)
 
 
-def _widened(old: Tensor, fresh: Tensor) -> Tensor:
-    """A linear layer's weight or bias `old` embedded in the larger `fresh` one.
+# Weights that read the residual stream (`dim` wide) and those that write into it; growth must
+# treat those axes differently from hidden-unit axes. Names follow the community layout.
+_READS_RESIDUAL = re.compile(r"(to_qkv(\.0)?|to_gates|net\.1|to_freqs\.\d+\.0\.0)\.weight$")
+_WRITES_RESIDUAL = re.compile(r"(to_out\.[01]|net\.4|to_features\.\d+\.1)\.(weight|bias)$")
+_NORMS_RESIDUAL = re.compile(r"(norm|net\.0)\.gamma$")
 
-    The old units keep their weights; inputs from new units get zero weight, so nothing
-    downstream changes; the new units' own input weights stay as freshly initialised.
+
+def _widened(key: str, old: Tensor, fresh: Tensor) -> Tensor:
+    """Parameter `key`'s old value embedded in the larger freshly initialised one.
+
+    Old units keep their weights. New hidden units keep their fresh input weights, and nothing
+    reads them yet: their outgoing weights are zero. New residual channels (a larger `dim`) start
+    at zero, as every layer that writes them has zero weights there, while the layers that read
+    them keep fresh weights so that the channels get gradients and come alive. An RMSNorm over
+    the residual divides by sqrt(dim) more channels, so its old gains are scaled to match.
     """
     grown = fresh.clone()
-    if old.dim() == 2:
+    if old.dim() == 2 and not _READS_RESIDUAL.search(key):
         grown[:, old.shape[1] :] = 0
+    if _WRITES_RESIDUAL.search(key):
+        grown[old.shape[0] :] = 0
     grown[tuple(slice(0, n) for n in old.shape)] = old
+    if _NORMS_RESIDUAL.search(key):
+        grown[: old.shape[0]] *= (old.shape[0] / fresh.shape[0]) ** 0.5
     return grown
 
 
@@ -372,28 +387,32 @@ class MelRoFormer(Separator):
         )
 
     def grow_from(self, smaller: MelRoFormer) -> None:
-        """Load `smaller`, a copy of this model with fewer transformer layers or narrower mask MLPs.
+        """Load `smaller`, a copy of this model with fewer transformer layers or narrower layers.
 
         The extra (attention, feed-forward) layers come after the old ones, inside each
         transformer's final norm, with their output projections at zero: they add nothing to the
-        residual stream. The extra hidden units of a wider mask MLP (a larger
-        `mlp_expansion_factor`) keep their fresh input weights but start with zero output weights.
-        Either way the grown model computes exactly what `smaller` did, and training starts from
-        its quality rather than from scratch. Raises ValueError for any other model.
+        residual stream. Wider mask MLPs (a larger `mlp_expansion_factor`) and a wider model (a
+        larger `dim`, which widens the residual stream and every MLP) grow as `_widened` says.
+        The grown model computes what `smaller` did (exactly, but for rounding when `dim` grows),
+        so training starts from its quality rather than from scratch. Raises ValueError for any
+        other model.
         """
         old, new = smaller.config, self.config
         growable = {
             "time_transformer_depth": 0,
             "freq_transformer_depth": 0,
             "mlp_expansion_factor": 0,
+            "dim": 0,
         }
         if dataclasses.replace(old, **growable) != dataclasses.replace(new, **growable):
-            raise ValueError("the configs differ in more than transformer depths and MLP widths")
+            raise ValueError("the configs differ in more than transformer depths and widths")
         if any(getattr(old, name) > getattr(new, name) for name in growable):
             raise ValueError("the checkpoint is larger than the config")
         state = self.state_dict()
         for key, value in smaller.state_dict().items():
-            state[key] = value if value.shape == state[key].shape else _widened(value, state[key])
+            state[key] = (
+                value if value.shape == state[key].shape else _widened(key, value, state[key])
+            )
         self.load_state_dict(state)
         before = [t for t in smaller.modules() if isinstance(t, Transformer)]
         after = [t for t in self.modules() if isinstance(t, Transformer)]

@@ -427,7 +427,8 @@ def train(
         None,
         "--init",
         help="Start from these weights (native checkpoint). A Mel-RoFormer with fewer layers per "
-        "transformer than the config is grown: the new layers start as identities.",
+        "transformer, narrower mask MLPs or a smaller dim than the config is grown so that it "
+        "still gives its old output.",
     ),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
