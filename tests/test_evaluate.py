@@ -202,10 +202,10 @@ def test_irm2_on_real_previews_scores_far_above_the_mixture(tmp_path, capsys, mo
 @pytest.mark.skipif(not MUSDB_PREVIEWS.exists(), reason="MUSDB previews absent")
 def test_the_embedded_default_separates_real_music(tmp_path, capsys, monkeypatch):
     """Guards the shipped weights with their inference settings (3 s chunks, overlap 0.75, no
-    TTA): on 3 test previews they score 2.95/4.63/2.93/1.64 dB global SDR (vocals/drums/bass/
-    other, average 3.04), where the mixture itself scores about -5 dB. Every earlier default
-    fails it (stage 10, before the mask MLPs were widened from 96 to 144 units, scored
-    2.88/4.42/2.87/1.64, average 2.95, with the same settings)."""
+    TTA): on 3 test previews they score 2.90/4.76/2.97/1.63 dB global SDR (vocals/drums/bass/
+    other, average 3.06), where the mixture itself scores about -5 dB. The defaults before
+    stage 11 fail it (stage 10, before the mask MLPs were widened from 96 to 144 units, scored
+    2.88/4.42/2.87/1.64, average 2.95, with the same settings); stage 11 (3.04) passes."""
     args = ["evaluate", "-m", "default", "--musdb", MUSDB_PREVIEWS, "--out", tmp_path, "-q"]
     for name in ["AM Contra - Heart Peripheral", "BKS - Bulldozer", "Buitraker - Revo X"]:
         args += ["--tracks", name]
