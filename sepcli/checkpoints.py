@@ -118,13 +118,13 @@ def load_state_strict(model: Separator, state: dict[str, torch.Tensor], source: 
 
 
 def load_init(model: Separator, init: Separator, source: str) -> None:
-    """Start `model` from `init`'s weights: the same model, or (Mel-RoFormer) a shallower one."""
+    """Start `model` from `init`'s weights: the same model, or (Mel-RoFormer) a smaller one."""
     if type(init) is type(model) and hasattr(model, "grow_from"):
         try:
             model.grow_from(init)
             return
         except ValueError:
-            pass  # not a shallower copy: the strict load below names the keys that differ
+            pass  # not a smaller copy: the strict load below names the keys that differ
     load_state_strict(model, init.state_dict(), source)
 
 

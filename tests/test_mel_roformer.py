@@ -114,34 +114,6 @@ def test_import_converts_to_native_and_separates_the_same(tmp_path):
         assert torch.equal(native.model(x), community.model(x))
 
 
-def test_growing_dim_widens_the_residual_stream_without_changing_the_output():
-    config, _ = checkpoints.community_config(FIXTURE / "config.yaml")
-    torch.manual_seed(0)
-    narrow = MelRoFormer(config).eval()  # linear attention, skip connections, 2-layer mask MLPs
-    grown = MelRoFormer(dataclasses.replace(config, dim=12, freq_transformer_depth=2)).eval()
-    checkpoints.load_init(grown, narrow, "narrow.safetensors")
-    mix = torch.randn(1, 2, 22050) * 0.1
-    with torch.no_grad():
-        expected = narrow(mix)
-        # Equal but for rounding: the RMSNorm gains were rescaled for 12 channels instead of 8.
-        torch.testing.assert_close(
-            grown(mix), expected, rtol=1e-5, atol=1e-6 * expected.abs().max()
-        )
-
-    to_features = grown.band_split.to_features[0][1]
-    assert torch.equal(to_features.weight[8:], torch.zeros(4, to_features.in_features))
-    attention = grown.layers[0][1].layers[0][0]
-    assert attention.to_qkv.weight[:, 8:].abs().sum() > 0  # the new channels are read
-    old_gamma = narrow.layers[0][1].layers[0][0].norm.gamma
-    torch.testing.assert_close(attention.norm.gamma[:8], old_gamma * (8 / 12) ** 0.5)
-
-    # The new channels come alive: the weights that write them get a gradient at once.
-    grown.train()
-    grown.loss(mix, torch.stack([mix * 0.3, mix * 0.7], dim=1)).backward()
-    assert to_features.weight.grad[8:].abs().sum() > 0
-    assert attention.to_out[0].weight.grad[8:].abs().sum() > 0
-
-
 def test_import_half_stores_float16_and_separates_nearly_the_same(tmp_path, capsys, monkeypatch):
     torch.save(load_file(FIXTURE / "state_dict.safetensors"), tmp_path / "m.ckpt")
     for name, flags in (("full", []), ("half", ["--half"])):
@@ -279,3 +251,31 @@ def test_growing_widens_the_mask_mlps_without_changing_the_output():
     # Shrinking is not growing: the strict load refuses it.
     with pytest.raises(checkpoints.CheckpointError, match="grown.safetensors"):
         checkpoints.load_init(MelRoFormer(narrow.config), grown, "grown.safetensors")
+
+
+def test_growing_dim_widens_the_residual_stream_without_changing_the_output():
+    config, _ = checkpoints.community_config(FIXTURE / "config.yaml")
+    torch.manual_seed(0)
+    narrow = MelRoFormer(config).eval()  # linear attention, skip connections, 2-layer mask MLPs
+    grown = MelRoFormer(dataclasses.replace(config, dim=12, freq_transformer_depth=2)).eval()
+    checkpoints.load_init(grown, narrow, "narrow.safetensors")
+    mix = torch.randn(1, 2, 22050) * 0.1
+    with torch.no_grad():
+        expected = narrow(mix)
+        # Equal but for rounding: the RMSNorm gains were rescaled for 12 channels instead of 8.
+        torch.testing.assert_close(
+            grown(mix), expected, rtol=1e-5, atol=1e-6 * expected.abs().max()
+        )
+
+    to_features = grown.band_split.to_features[0][1]
+    assert torch.equal(to_features.weight[8:], torch.zeros(4, to_features.in_features))
+    attention = grown.layers[0][1].layers[0][0]
+    assert attention.to_qkv.weight[:, 8:].abs().sum() > 0  # the new channels are read
+    old_gamma = narrow.layers[0][1].layers[0][0].norm.gamma
+    torch.testing.assert_close(attention.norm.gamma[:8], old_gamma * (8 / 12) ** 0.5)
+
+    # The new channels come alive: the weights that write them get a gradient at once.
+    grown.train()
+    grown.loss(mix, torch.stack([mix * 0.3, mix * 0.7], dim=1)).backward()
+    assert to_features.weight.grad[8:].abs().sum() > 0
+    assert attention.to_out[0].weight.grad[8:].abs().sum() > 0
