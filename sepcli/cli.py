@@ -31,6 +31,8 @@ app.add_typer(models_app, name="models")
 err_console = Console(stderr=True, highlight=False)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEBUG = {"on": False}
+DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps."
+PRECISION_HELP = "auto (bf16/fp16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16."
 
 
 class Interrupted(BaseException):
@@ -90,7 +92,7 @@ def separate(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Redo tracks whose outputs exist (default: skip them)."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     segment: Optional[float] = typer.Option(
         None, "--segment", help="Chunk length in seconds (default: the model's)."
     ),
@@ -102,9 +104,7 @@ def separate(
     batch_size: Optional[int] = typer.Option(
         None, "--batch-size", help="Chunks per forward pass (default 4)."
     ),
-    precision: str = typer.Option(
-        "auto", "--precision", help="auto (bf16/fp16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16."
-    ),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
     shifts: int = typer.Option(
         0, "--shifts", help="Average N passes at random time shifts (slower, a bit better)."
     ),
@@ -230,9 +230,9 @@ def evaluate(
     tta: Optional[bool] = typer.Option(
         None, "--tta/--no-tta", help="Channel-swap and polarity test-time augmentation."
     ),
-    device: str = typer.Option("auto", "--device"),
-    precision: str = typer.Option("auto", "--precision"),
-    quiet: bool = typer.Option(False, "-q", "--quiet"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
 ) -> None:
     """Separate and score MUSDB tracks; writes summary.json, scores.csv, museval JSON and a plot."""
     if ctx.invoked_subcommand is not None:
@@ -405,24 +405,30 @@ def train(
     config: Optional[str] = typer.Option(
         None, "--config", help="Preset name (small, medium, large, ...) or YAML path."
     ),
-    steps: Optional[int] = typer.Option(None, "--steps"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    steps: Optional[int] = typer.Option(
+        None, "--steps", help="Optimizer steps (default: the preset's)."
+    ),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Segments per batch."),
     segment: Optional[float] = typer.Option(None, "--segment", help="Training segment in seconds."),
-    lr: Optional[float] = typer.Option(None, "--lr"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak AdamW learning rate."),
     accumulate: Optional[int] = typer.Option(
         None, "--accumulate", help="Gradient accumulation steps."
     ),
-    valid_every: Optional[int] = typer.Option(None, "--valid-every"),
+    valid_every: Optional[int] = typer.Option(
+        None, "--valid-every", help="Validate on the whole valid tracks every N steps."
+    ),
     loss: Optional[str] = typer.Option(
         None,
         "--loss",
         help="model (the architecture's own objective, default) or sdr (negative SDR over 1 s "
         "frames, the quantity MUSDB scores measure; good for fine-tuning).",
     ),
-    device: str = typer.Option("auto", "--device"),
-    precision: str = typer.Option("auto", "--precision"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue exactly from OUT/state.pt."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    seed: Optional[int] = typer.Option(
+        None, "--seed", help="Seeds the initial weights and the training data."
+    ),
     init: Optional[Path] = typer.Option(
         None,
         "--init",
@@ -430,7 +436,7 @@ def train(
         "transformer, narrower mask MLPs or a smaller dim than the config is grown so that it "
         "still gives its old output.",
     ),
-    quiet: bool = typer.Option(False, "-q", "--quiet"),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
 ) -> None:
     """Train a separator on MUSDB18 (train split; validation on the valid split)."""
     from sepcli import train as training

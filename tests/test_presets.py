@@ -1,5 +1,7 @@
 """Every shipped preset builds and trains; the community presets match the real key layouts."""
 
+import math
+
 import pytest
 import torch
 
@@ -14,7 +16,23 @@ def test_every_architecture_ships_presets():
     presets = checkpoints.list_presets()
     assert set(presets["mel-roformer"]) >= {"small", "medium", "large", "kj", "msst"}
     assert set(presets["complex-mask"]) >= {"small", "medium", "large"}
-    assert set(presets["ibm-cnn"]) >= {"small", "pretrain"}
+    assert set(presets["ibm-cnn"]) >= {"small", "medium", "large", "pretrain"}
+
+
+@pytest.mark.parametrize(("size", "pretrain", "params"),
+                         [("small", "pretrain", 3_019_025),
+                          ("medium", "pretrain-medium", 9_964_065),
+                          ("large", "pretrain-large", 35_638_337)])  # fmt: skip
+def test_each_ibm_cnn_size_has_an_autoencoder_stage_it_can_start_from(size, pretrain, params):
+    """`--init` from the autoencoder needs the same shapes; the stages must differ."""
+    shapes = {}
+    for name in (size, pretrain):
+        with torch.device("meta"):
+            model = checkpoints.build_model("ibm-cnn", load_preset("ibm-cnn", name)["model"])
+        shapes[name] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        assert model.config.stage == ("pretrain" if name == pretrain else "ibm")
+    assert shapes[size] == shapes[pretrain]
+    assert sum(math.prod(s) for s in shapes[size].values()) == params
 
 
 @pytest.mark.parametrize(("arch", "name"), ALL)
