@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -43,9 +44,25 @@ def score_track(name: str, references: dict[str, np.ndarray], estimates: dict[st
         scores[stem]["global_sdr"] = global_sdr(references[stem], estimates[stem])
     record = {"name": name, "scores": scores, **extra}
     if out is not None:
-        (out / f"{_safe(name)}.json").write_text(store.json)
-        (out / f"{_safe(name)}.scores.json").write_text(json.dumps(record))
+        _write_atomic(out / f"{_safe(name)}.json", store.json)
+        # Written last: its presence is what marks the track as done for a rerun.
+        _write_atomic(out / f"{_safe(name)}.scores.json", json.dumps(record))
     return record
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write beside `path`, then rename: a killed run leaves no truncated cache file."""
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _cached_record(path: Path) -> dict[str, Any] | None:
+    """A finished track's record, or None if it was never scored or its file is unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
 
 
 def _one_blas_thread() -> None:
@@ -106,9 +123,9 @@ def evaluate(separate: Separate, label: str, root: Path, out: Path, settings: di
     futures: list[Future] = []
     try:
         for track in musdb_tracks(root, subset, split, is_wav, names):
-            cached = track_dir / f"{_safe(track.name)}.scores.json"
-            if cached.exists():
-                records.append(json.loads(cached.read_text()))
+            cached = _cached_record(track_dir / f"{_safe(track.name)}.scores.json")
+            if cached is not None:
+                records.append(cached)
                 if on_track:
                     on_track(records[-1])
                 continue

@@ -13,13 +13,14 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
+
+from sepcli.files import replace_into_place, temp_beside
 
 SOUNDFILE_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".mp3", ".wave"}
 FFMPEG_EXTENSIONS = {".m4a", ".mp4", ".aac", ".opus", ".webm", ".wma", ".mka", ".ac3", ".alac"}
@@ -241,12 +242,9 @@ class StemWriter:
         self.frames = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, raw = tempfile.mkstemp(
-                prefix=f".{self.path.name}.", suffix=".raw.part", dir=self.path.parent
-            )
+            fd, self.raw_path = temp_beside(self.path, ".raw.part")
         except OSError as err:
             raise AudioError(f"cannot write to {self.path.parent} ({err.strerror or err})")
-        self.raw_path = Path(raw)
         self.raw = os.fdopen(fd, "wb")
         self.encoded_path: Path | None = None
 
@@ -275,16 +273,13 @@ class StemWriter:
             if self.clip == "rescale" and self.peak > 1.0:
                 gain = 1.0 / self.peak
             clamp = self.clip == "clamp" or (self.clip == "none" and self.bit_depth != 32)
-            fd, encoded = tempfile.mkstemp(
-                prefix=f".{self.path.name}.", suffix=f".{self.fmt}.part", dir=self.path.parent
-            )
+            fd, self.encoded_path = temp_beside(self.path, f".{self.fmt}.part")
             os.close(fd)
-            self.encoded_path = Path(encoded)
             subtype = (
                 "MPEG_LAYER_III" if self.fmt == "mp3" else SUBTYPES[(self.fmt, self.bit_depth)]
             )
             out = sf.SoundFile(
-                encoded,
+                self.encoded_path,
                 "w",
                 self.sample_rate,
                 self.channels,
@@ -301,7 +296,7 @@ class StemWriter:
                     if clamp:
                         block = np.clip(block, -1.0, 1.0)
                     out.write(block.astype(np.float32))
-            os.replace(encoded, self.path)
+            replace_into_place(self.encoded_path, self.path)
             self.encoded_path = None
         except (OSError, sf.LibsndfileError, RuntimeError, ValueError) as err:
             self.abort()

@@ -8,14 +8,10 @@ they load through `torch.load(weights_only=True)` and a safe YAML loader, so not
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 import pickle
-import tempfile
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +21,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import models
+import sepcli
 from models.base import Separator
 from models.mel_roformer import MelRoFormer, MelRoFormerConfig
-
-import sepcli
+from sepcli.files import atomic_write
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 PRESETS_DIR = Path(__file__).parent / "presets"
@@ -155,22 +151,6 @@ def save_checkpoint(
         tensors = {k: v.half() if v.dtype == torch.float32 else v for k, v in tensors.items()}
     with atomic_write(path) as tmp:
         save_file(tensors, tmp, metadata={"sepcli": json.dumps(meta)})
-
-
-@contextlib.contextmanager
-def atomic_write(path: Path) -> Iterator[str]:
-    """Yield a temporary name beside `path` to write; it replaces `path` only when the block
-    ends normally, so an interrupted save never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

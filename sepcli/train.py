@@ -30,6 +30,7 @@ from sepcli import checkpoints
 from sepcli.allocator import keep_freed_memory
 from sepcli.data import STEMS, RemixDataset, load_musdb_stems, resample_stems
 from sepcli.engine import Demixer, autocast_for, resolve_device
+from sepcli.files import atomic_write
 from sepcli.losses import framewise_sdr_loss
 
 LOSSES = ("model", "sdr")
@@ -369,7 +370,7 @@ def _save_state(path, model, optimizer, schedule, ema, rng, step, best, history)
 
 
 def _save_atomic(state: dict, path: Path) -> None:
-    with checkpoints.atomic_write(path) as tmp:
+    with atomic_write(path) as tmp:
         torch.save(state, tmp)
 
 

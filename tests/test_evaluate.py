@@ -159,6 +159,24 @@ def test_oracles_on_a_generated_wav_musdb_folder_with_cache_and_compare(
     assert (tmp_path / "res" / "compare.png").exists()
 
 
+def test_a_truncated_cache_file_is_scored_again_not_fatal(tmp_path, capsys, monkeypatch):
+    make_wav_musdb(tmp_path / "db")
+    out = tmp_path / "res"
+    args = ["evaluate", "--oracle", "irm2", "--musdb", tmp_path / "db", "--is-wav", "--out", out,
+            "--jobs", "1", "-q"]  # fmt: skip
+    code, io = run(capsys, monkeypatch, *args)
+    assert code == 0, io.err
+    first = json.loads((out / "summary.json").read_text())
+    cached = out / "tracks" / "Song 1.scores.json"
+    whole = cached.read_text()
+    cached.write_text(whole[: len(whole) // 2])  # as a write cut short by a crash would leave it
+    code, io = run(capsys, monkeypatch, *args)
+    assert code == 0, io.err
+    assert json.loads(cached.read_text()) == json.loads(whole)
+    assert json.loads((out / "summary.json").read_text())["stems"] == first["stems"]
+    assert not [p for p in out.rglob("*") if p.name.endswith(".part")]
+
+
 def test_oracle_masks_sum_to_the_mixture():
     rng = np.random.default_rng(1)
     stems = {s: rng.standard_normal((44100, 2)) * g for s, g in (("a", 1.0), ("b", 0.3))}

@@ -334,6 +334,29 @@ def test_disk_full_mid_write_leaves_no_partial_file(tmp_path, monkeypatch):
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_stems_and_checkpoints_get_the_mode_a_plain_open_gives(umask, tmp_path, capsys,
+                                                                monkeypatch, tiny_checkpoint):  # fmt: skip
+    """The temp files behind atomic writes are 0600; finished files must not stay that way."""
+    write_tone(tmp_path / "a.wav", 0.3)
+    previous = os.umask(umask)
+    try:
+        code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "a.wav", "-m",
+                           tiny_checkpoint, "-o", tmp_path / "sep", "-q")  # fmt: skip
+        loaded = checkpoints.load_model(str(tiny_checkpoint))
+        checkpoints.save_checkpoint(tmp_path / "copy.safetensors", loaded.model)
+        (tmp_path / "plain").write_text("")
+    finally:
+        os.umask(previous)
+    assert code == 0, err
+    expected = 0o666 & ~umask
+    assert (tmp_path / "plain").stat().st_mode & 0o777 == expected
+    stems = sorted((tmp_path / "sep").rglob("*.wav"))
+    assert len(stems) == 4
+    for path in [*stems, tmp_path / "copy.safetensors"]:
+        assert path.stat().st_mode & 0o777 == expected, path
+
+
 def test_an_output_that_would_overwrite_its_input_is_refused(tmp_path, capsys, monkeypatch,
                                                              tiny_checkpoint):  # fmt: skip
     write_tone(tmp_path / "vocals.wav", 0.3)
