@@ -71,10 +71,13 @@ def _is_audio(path: Path) -> bool:
     return path.suffix.lower() in AUDIO_EXTENSIONS and not name.startswith(".")
 
 
-def _walk(folder: Path, recursive: bool) -> list[Path]:
-    """Audio files under `folder`; follows symlinks but visits each real folder once."""
+def _walk(folder: Path, recursive: bool, skip: str | None = None) -> list[Path]:
+    """Audio files under `folder`; follows symlinks but visits each real folder once.
+
+    `skip` (a real path) is a folder not to enter: the outputs' folder, when it lies inside.
+    """
     found: list[Path] = []
-    seen: set[str] = set()
+    seen: set[str] = set() if skip is None else {skip}
     for root, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
         if real in seen:
@@ -88,15 +91,45 @@ def _walk(folder: Path, recursive: bool) -> list[Path]:
     return found
 
 
-def discover(inputs: list[str], recursive: bool) -> tuple[list[Track], list[str]]:
-    """Tracks to separate, and notes about inputs that gave none (or repeated a file)."""
+def output_root(out: Path, template: str, model: str) -> Path:
+    """The folder that holds every output: `out` plus the template's leading folders that name
+    no track (`separated/default` for the default `{model}/{relpath}/{stem}.{ext}`)."""
+    root = Path(out)
+    for part in template.split("/")[:-1]:
+        try:
+            literal = part.format(model=model)
+        except (KeyError, IndexError, ValueError):
+            break  # names a track (or is malformed, which plan_outputs reports)
+        root = root / literal
+    return root
+
+
+def discover(
+    inputs: list[str], recursive: bool, outputs: Path | None = None
+) -> tuple[list[Track], list[str]]:
+    """Tracks to separate, and notes about inputs that gave none (or repeated a file).
+
+    Folder walks and glob patterns skip the `outputs` folder (see `output_root`) when they meet
+    it: with the output folder inside the music folder (`sepcli separate . -r`), a rerun would
+    otherwise separate the stems of the first run. A file named on its own is always taken.
+    """
     tracks: list[Track] = []
     notes: list[str] = []
     seen: set[str] = set()
+    skip = os.path.realpath(outputs) if outputs is not None else None
+
+    def is_output(file: Path) -> bool:
+        return skip is not None and os.path.realpath(file).startswith(skip + os.sep)
+
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            files = _walk(path, recursive)
+            real = os.path.realpath(path)
+            walk_skip = None if real == skip else skip  # given the outputs folder itself
+            if recursive and walk_skip and walk_skip.startswith(real + os.sep):
+                if os.path.isdir(walk_skip):
+                    notes.append(f"{item}: skipping the output folder {outputs} inside it")
+            files = _walk(path, recursive, walk_skip)
             if not files:
                 notes.append(
                     f"{item}: no audio files found" + ("" if recursive else " (use -r to recurse)")
@@ -107,6 +140,12 @@ def discover(inputs: list[str], recursive: bool) -> tuple[list[Track], list[str]
         elif glob.has_magic(item):
             matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(item), recursive=True))
             entries = [(m, track_name(m)) for m in matches if m.is_file() and _is_audio(m)]
+            outputs_found = [m for m, _ in entries if is_output(m)]
+            if outputs_found:
+                notes.append(
+                    f"{item}: skipped {len(outputs_found)} file(s) in the output folder {outputs}"
+                )
+                entries = [(m, name) for m, name in entries if not is_output(m)]
             if not entries:
                 notes.append(f"{item}: no audio files match")
         else:

@@ -130,8 +130,9 @@ def separate(
     from sepcli.audio import check_output_format
 
     check_output_format(fmt, bit_depth)
-    tracks, notes = batch.discover(inputs, recursive)
     loaded = checkpoints.load_model(model, config)
+    outputs = batch.output_root(out, name, loaded.name)
+    tracks, notes = batch.discover(inputs, recursive, outputs)
     chosen = batch.output_stems(loaded.model.sources, _split_csv(stems), two_stems)
     batch.plan_outputs(tracks, out, name, loaded.name, chosen, fmt)
     reporter = progress.RichReporter(

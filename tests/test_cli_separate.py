@@ -151,6 +151,41 @@ def test_folder_recursion_mirrors_the_tree_and_one_bad_file_does_not_stop_the_ba
     assert not list((tmp_path / "out").rglob("*.part"))
 
 
+def test_a_rerun_in_the_music_folder_resumes_without_separating_its_own_stems(
+    tmp_path, capsys, monkeypatch, tiny_checkpoint
+):
+    """`cd ~/Music && sepcli separate . -r` puts separated/ inside the folder it walks."""
+    music = tmp_path / "music"
+    (music / "album").mkdir(parents=True)
+    write_tone(music / "one.wav", 0.4)
+    write_tone(music / "album" / "two.wav", 0.4)
+    monkeypatch.chdir(music)
+    code, out, err = run(
+        capsys, monkeypatch, "separate", ".", "-r", "-m", tiny_checkpoint, "--json"
+    )
+    assert code == 0, err
+    assert sorted(t["status"] for t in json.loads(out)["tracks"]) == ["done", "done"]
+    stems = music / "separated" / "tiny"
+    (stems / "album" / "two" / "drums.wav").unlink()  # as if interrupted before its last stem
+    code, out, err = run(
+        capsys, monkeypatch, "separate", ".", "-r", "-m", tiny_checkpoint, "--json"
+    )
+    assert code == 0, err
+    tracks = {t["input"]: t["status"] for t in json.loads(out)["tracks"]}
+    assert tracks == {"one.wav": "skipped", "album/two.wav": "done"}
+    assert "skipping the output folder" in err
+    assert len(list((music / "separated").rglob("*.wav"))) == 8
+    # Globs skip the outputs too; a stem named on its own is still separated.
+    code, out, err = run(
+        capsys, monkeypatch, "separate", "**/*.wav", "-m", tiny_checkpoint, "--json"
+    )
+    assert code == 0 and "skipped 8 file(s) in the output folder" in err
+    assert len(json.loads(out)["tracks"]) == 2
+    vocals = "separated/tiny/one/vocals.wav"
+    code, out, err = run(capsys, monkeypatch, "separate", vocals, "-m", tiny_checkpoint, "--json")
+    assert code == 0 and [t["status"] for t in json.loads(out)["tracks"]] == ["done"], err
+
+
 @pytest.mark.parametrize(
     "template", ["../{track}/{stem}.{ext}", "/tmp/{stem}.{ext}", "{nope}/{stem}.{ext}"]
 )
