@@ -29,6 +29,7 @@ SETTINGS = [  # (segment seconds, overlap, tta)
     (3.0, 0.5, False),
     (4.0, 0.5, False),
     (3.0, 0.75, False),
+    (4.0, 0.75, False),
     (8.0, 0.25, False),
     (4.0, 0.25, True),
     (3.0, 0.5, True),
