@@ -8,6 +8,7 @@ example song, model forwards and overlap-add only (no decoding or start-up).
 
     python bench/inference_settings.py --musdb ../shared/data/musdb18-7
     python bench/inference_settings.py             # speed only
+    python bench/inference_settings.py -m runs/x/best.safetensors --musdb ... --setting 4,0.5
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ SETTINGS = [  # (segment seconds, overlap, tta)
 ]
 
 
+def parse_setting(text: str) -> tuple[float, float, bool]:
+    parts = text.split(",")
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "tta"):
+        raise argparse.ArgumentTypeError(f"expected SECONDS,OVERLAP[,tta], got {text!r}")
+    return float(parts[0]), float(parts[1]), len(parts) == 3
+
+
 def speed(demixer, audio: np.ndarray, rate: int) -> float:
     start = time.perf_counter()
     demixer.separate(audio)
@@ -57,6 +65,12 @@ def main() -> None:
     parser.add_argument("-m", "--model", default="default")
     parser.add_argument("--musdb", type=Path, help="MUSDB18 root; without it, speed only")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--setting",
+        action="append",
+        type=parse_setting,
+        help="only this row: SECONDS,OVERLAP or SECONDS,OVERLAP,tta (repeatable)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     keep_freed_memory()
@@ -67,7 +81,7 @@ def main() -> None:
     audio = np.ascontiguousarray(example_song(60.0).T, dtype=np.float32)
 
     rows = []
-    for segment, overlap, tta in SETTINGS:
+    for segment, overlap, tta in args.setting or SETTINGS:
         chunk = int(segment * loaded.model.sample_rate)
         demixer = Demixer(loaded.model, chunk, overlap, batch_size=4, tta=tta)
         row = {

@@ -108,6 +108,7 @@ def evaluate(separate: Separate, label: str, root: Path, out: Path, settings: di
              names: list[str] | None = None, jobs: int = 1,
              on_track: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Score `separate` on MUSDB; returns per-track records (cached ones included)."""
+    tracks = musdb_tracks(root, subset, split, is_wav, names)  # before anything is written
     track_dir = out / "tracks"
     key = hashlib.sha256(
         json.dumps({"model": label, **settings}, sort_keys=True, default=str).encode()
@@ -122,7 +123,7 @@ def evaluate(separate: Separate, label: str, root: Path, out: Path, settings: di
     pool = ProcessPoolExecutor(jobs, initializer=_one_blas_thread) if jobs > 1 else None
     futures: list[Future] = []
     try:
-        for track in musdb_tracks(root, subset, split, is_wav, names):
+        for track in tracks:
             cached = _cached_record(track_dir / f"{_safe(track.name)}.scores.json")
             if cached is not None:
                 records.append(cached)

@@ -220,6 +220,11 @@ def check_output_format(fmt: str, bit_depth: int) -> None:
         raise AudioError("FLAC stores at most 24 bits; use --bit-depth 16 or 24, or --format wav")
 
 
+def check_clip_mode(clip: str) -> None:
+    if clip not in ("rescale", "clamp", "none"):
+        raise AudioError(f"unknown clip mode '{clip}' (use rescale, clamp or none)")
+
+
 class StemWriter:
     """Writes one stem in blocks, then encodes and renames it into place in `commit`.
 
@@ -234,8 +239,7 @@ class StemWriter:
         self, path: Path, sample_rate: int, channels: int, fmt: str, bit_depth: int, clip: str
     ) -> None:
         check_output_format(fmt, bit_depth)
-        if clip not in ("rescale", "clamp", "none"):
-            raise AudioError(f"unknown clip mode '{clip}' (use rescale, clamp or none)")
+        check_clip_mode(clip)
         self.path, self.sample_rate, self.channels = Path(path), sample_rate, channels
         self.fmt, self.bit_depth, self.clip = fmt, bit_depth, clip
         self.peak = 0.0

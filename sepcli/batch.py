@@ -193,9 +193,15 @@ def plan_outputs(
             if target in inputs:
                 raise UsageError(f"output {target} would overwrite an input file")
             if target in owners and owners[target] != track.path:
+                # {relpath} only tells apart files found in one folder walk; files of the same
+                # name given one by one (or in two folders) need a walk of a common folder.
+                advice = (
+                    "give a folder that holds both, with -r, or a separate --out for each"
+                    if "{relpath}" in template
+                    else "use a --name template with {relpath}"
+                )
                 raise UsageError(
-                    f"{owners[target]} and {track.path} would both write {target}; "
-                    "use a --name template with {relpath}"
+                    f"{owners[target]} and {track.path} would both write {target}; {advice}"
                 )
             owners[target] = track.path
             track.outputs[stem] = target

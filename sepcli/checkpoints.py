@@ -9,6 +9,7 @@ they load through `torch.load(weights_only=True)` and a safe YAML loader, so not
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pickle
 import zipfile
@@ -151,6 +152,18 @@ def save_checkpoint(
         tensors = {k: v.half() if v.dtype == torch.float32 else v for k, v in tensors.items()}
     with atomic_write(path) as tmp:
         save_file(tensors, tmp, metadata={"sepcli": json.dumps(meta)})
+
+
+def weights_digest(model: Separator) -> str:
+    """SHA-256 of the model's config and weights: what identifies a model's results, whatever
+    path or name it was loaded by (a retrained `best.safetensors`, a newer embedded default)."""
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(
+            tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
+        )
+    return digest.hexdigest()
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

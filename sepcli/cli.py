@@ -33,6 +33,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEBUG = {"on": False}
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps."
 PRECISION_HELP = "auto (bf16/fp16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16."
+# Shorter chunks than a spectral model's STFT window (2048 samples) separate nothing useful.
+MIN_SEGMENT_SECONDS = 0.1
 
 
 class Interrupted(BaseException):
@@ -94,7 +96,10 @@ def separate(
     ),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     segment: Optional[float] = typer.Option(
-        None, "--segment", help="Chunk length in seconds (default: the model's)."
+        None,
+        "--segment",
+        min=MIN_SEGMENT_SECONDS,
+        help="Chunk length in seconds (default: the model's).",
     ),
     overlap: Optional[float] = typer.Option(
         None,
@@ -102,11 +107,11 @@ def separate(
         help="Overlap between chunks, fraction in [0, 1) (default: the model's, else 0.25).",
     ),
     batch_size: Optional[int] = typer.Option(
-        None, "--batch-size", help="Chunks per forward pass (default 4)."
+        None, "--batch-size", min=1, help="Chunks per forward pass (default 4)."
     ),
     precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
     shifts: int = typer.Option(
-        0, "--shifts", help="Average N passes at random time shifts (slower, a bit better)."
+        0, "--shifts", min=0, help="Average N passes at random time shifts (slower, a bit better)."
     ),
     tta: Optional[bool] = typer.Option(
         None,
@@ -115,7 +120,7 @@ def separate(
         "default: the model's).",
     ),
     sample_rate: Optional[int] = typer.Option(
-        None, "--sample-rate", help="Output rate in Hz (default: the input's)."
+        None, "--sample-rate", min=1, help="Output rate in Hz (default: the input's)."
     ),
     downmix: bool = typer.Option(
         False, "--downmix", help="Downmix inputs with more than 2 channels."
@@ -127,9 +132,10 @@ def separate(
 ) -> None:
     """Separate songs into stems: separated/<model>/<track>/<stem>.wav by default."""
     from sepcli import batch, checkpoints, progress
-    from sepcli.audio import check_output_format
+    from sepcli.audio import check_clip_mode, check_output_format
 
     check_output_format(fmt, bit_depth)
+    check_clip_mode(clip)
     loaded = checkpoints.load_model(model, config)
     outputs = batch.output_root(out, name, loaded.name)
     tracks, notes = batch.discover(inputs, recursive, outputs)
@@ -219,15 +225,20 @@ def evaluate(
         None, "--out", help="Results folder (default results/<model>)."
     ),
     jobs: int = typer.Option(
-        os.cpu_count() or 1, "--jobs", help="Scoring processes (default: cores)."
+        os.cpu_count() or 1, "--jobs", min=1, help="Scoring processes (default: cores)."
     ),
     segment: Optional[float] = typer.Option(
-        None, "--segment", help="Chunk length in seconds (default: the model's)."
+        None,
+        "--segment",
+        min=MIN_SEGMENT_SECONDS,
+        help="Chunk length in seconds (default: the model's).",
     ),
     overlap: Optional[float] = typer.Option(
         None, "--overlap", help="Overlap between chunks (default: the model's, else 0.25)."
     ),
-    shifts: int = typer.Option(0, "--shifts", help="Average N passes at random time shifts."),
+    shifts: int = typer.Option(
+        0, "--shifts", min=0, help="Average N passes at random time shifts."
+    ),
     tta: Optional[bool] = typer.Option(
         None, "--tta/--no-tta", help="Channel-swap and polarity test-time augmentation."
     ),
@@ -264,8 +275,10 @@ def evaluate(
         label = loaded.name
         rate = loaded.model.sample_rate
         demixer = _demixer(loaded, segment, overlap, None, shifts, tta, device, precision)
-        settings.update(checkpoint=str(model), precision=precision, segment=demixer.segment,
-                        hop=demixer.hop, shifts=shifts, tta=demixer.tta)  # fmt: skip
+        # The weights' digest, not the path, keys the cache: the same path may hold new weights.
+        settings.update(checkpoint=str(model), weights=checkpoints.weights_digest(loaded.model),
+                        precision=precision, segment=demixer.segment, hop=demixer.hop,
+                        shifts=shifts, tta=demixer.tta)  # fmt: skip
 
         def separate_fn(mix, references):
             audio = mix.T.astype(np.float32)
@@ -280,7 +293,6 @@ def evaluate(
             return {s: e.T.astype(np.float64) for s, e in zip(loaded.model.sources, est)}
 
     out = out or Path("results") / label
-    out.mkdir(parents=True, exist_ok=True)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     progress = Progress(TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),

@@ -60,6 +60,18 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss '{self.loss}' (have: {', '.join(LOSSES)})")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"unknown schedule '{self.schedule}' (use cosine or constant)")
+        for name in ("steps", "batch_size", "accumulate", "valid_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("segment", "lr", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.warmup < 0 or self.weight_decay < 0:
+            raise ValueError("warmup and weight_decay cannot be negative")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainSettings":
@@ -111,6 +123,20 @@ def _community_preset(path: Path, data: dict[str, Any]) -> dict[str, Any]:
     if chunk:
         training["segment"] = float(chunk) / config.sample_rate
     return {"model": config.to_dict(), "training": training}
+
+
+RUN_FILES = ("state.pt", "best.safetensors", "last.safetensors", "metrics.jsonl")
+
+
+def _refuse_to_overwrite_a_run(out: Path) -> None:
+    """A fresh run in another run's folder would replace its best checkpoint at the first
+    validation (its best score starts again from nothing) and mix the two metric logs."""
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found:
+        raise ValueError(
+            f"{out} already holds a training run ({', '.join(found)}); continue it with "
+            "--resume, or give a new --out"
+        )
 
 
 def lr_factor(step: int, settings: TrainSettings) -> float:
@@ -186,6 +212,9 @@ def train(
     `stop_after` ends the run early at that step, as an interruption would (state is saved and
     `--resume` continues); Ctrl-C does the same.
     """
+    out = Path(out)
+    if not resume:
+        _refuse_to_overwrite_a_run(out)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     device = resolve_device(device_name)
     owns_group = distributed and not dist.is_initialized()
@@ -206,7 +235,6 @@ def train(
         checkpoints.load_init(model, loaded.model, str(init))
     if settings.loss == "sdr" and not model.differentiable_output:
         raise ValueError(f"--loss sdr cannot train {architecture}: its output is thresholded")
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     segment = int(round(settings.segment * model.sample_rate))
 

@@ -210,7 +210,18 @@ def test_two_inputs_writing_the_same_output_are_an_error_before_any_work(
     code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "a" / "x.wav", tmp_path / "b" / "x.wav",
                        "-m", tiny_checkpoint, "-o", tmp_path / "o")  # fmt: skip
     assert code == 2 and "would both write" in err
+    assert "give a folder that holds both, with -r" in err
     assert not (tmp_path / "o").exists()
+    # The advice works: a walk of their common folder names them a/x and b/x.
+    code, _, err = run(capsys, monkeypatch, "separate", tmp_path, "-r", "-m", tiny_checkpoint,
+                       "-o", tmp_path / "o", "-q")  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "o" / "tiny" / "a" / "x" / "vocals.wav").exists()
+    assert (tmp_path / "o" / "tiny" / "b" / "x" / "vocals.wav").exists()
+    # A template without {relpath} collides within one walk too, and is told to add it.
+    code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "a", tmp_path / "b", "-m",
+                       tiny_checkpoint, "-o", tmp_path / "p", "--name", "{track}_{stem}.{ext}")  # fmt: skip
+    assert code == 2 and "use a --name template with {relpath}" in err
 
 
 def test_usage_errors_are_one_line_with_exit_code_2(tmp_path, capsys, monkeypatch, tiny_checkpoint):
@@ -224,6 +235,40 @@ def test_usage_errors_are_one_line_with_exit_code_2(tmp_path, capsys, monkeypatc
         code, out, err = run(capsys, monkeypatch, *args)
         assert code == 2, (args, err)
         assert "Traceback" not in err and err.strip().count("\n") <= 2, err
+
+
+@pytest.mark.parametrize(
+    "flag, value, says",
+    [("--segment", "0", "--segment"), ("--segment", "0.05", "--segment"),
+     ("--batch-size", "0", "--batch-size"), ("--shifts", "-1", "--shifts"),
+     ("--sample-rate", "0", "--sample-rate"), ("--clip", "loud", "unknown clip mode 'loud'")],
+)  # fmt: skip
+def test_out_of_range_settings_are_refused_before_any_work(
+    tmp_path, capsys, monkeypatch, tiny_checkpoint, flag, value, says
+):
+    # Zero once meant "the default" here (a falsy value), and a bad --clip failed every track.
+    write_tone(tmp_path / "s.wav", 0.2)
+    code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "s.wav", "-m", tiny_checkpoint,
+                       "-o", tmp_path / "o", flag, value)  # fmt: skip
+    assert code == 2 and err.startswith("sepcli: error:") and says in err
+    assert err.strip().count("\n") == 0, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "flag, value, says",
+    [("--steps", "0", "steps must be at least 1"), ("--batch-size", "0", "batch_size must be at least 1"),
+     ("--lr", "0", "lr must be positive"), ("--segment", "-1", "segment must be positive"),
+     ("--accumulate", "0", "accumulate must be at least 1"),
+     ("--valid-every", "0", "valid_every must be at least 1")],
+)  # fmt: skip
+def test_out_of_range_training_settings_are_refused_before_any_work(
+    tmp_path, capsys, monkeypatch, flag, value, says
+):
+    code, _, err = run(capsys, monkeypatch, "train", "mel-roformer", "--musdb", tmp_path / "db",
+                       "--out", tmp_path / "run", flag, value)  # fmt: skip
+    assert code == 2 and says in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_unknown_training_loss_is_a_one_line_error_before_any_work(

@@ -177,6 +177,51 @@ def test_a_truncated_cache_file_is_scored_again_not_fatal(tmp_path, capsys, monk
     assert not [p for p in out.rglob("*") if p.name.endswith(".part")]
 
 
+def test_new_weights_at_the_same_path_are_scored_again_not_read_from_the_cache(
+    tmp_path, capsys, monkeypatch
+):
+    import torch
+
+    from sepcli import checkpoints
+
+    make_wav_musdb(tmp_path / "db", tracks=1, seconds=2.0)
+    ckpt, out = tmp_path / "model.safetensors", tmp_path / "res"
+    cfg = dict(dim=16, depth=1, num_stems=4, sources=["vocals", "drums", "bass", "other"],
+               time_transformer_depth=1, freq_transformer_depth=1, num_bands=8, dim_head=8, heads=2,
+               mask_estimator_depth=1, mlp_expansion_factor=1, segment=44100)  # fmt: skip
+    args = ["evaluate", "-m", ckpt, "--musdb", tmp_path / "db", "--is-wav", "--out", out,
+            "--jobs", "1", "-q"]  # fmt: skip
+
+    def scores(seed):
+        torch.manual_seed(seed)
+        checkpoints.save_checkpoint(ckpt, checkpoints.build_model("mel-roformer", cfg))
+        code, io = run(capsys, monkeypatch, *args)
+        assert code == 0, io.err
+        summary = json.loads((out / "summary.json").read_text())
+        return summary["stems"]["vocals"]["global_sdr_mean"], summary["settings"]["weights"]
+
+    first, digest = scores(0)
+    cached = out / "tracks" / "Song 0.scores.json"
+    before = cached.stat().st_mtime_ns
+    assert scores(0) == (first, digest) and cached.stat().st_mtime_ns == before
+    retrained, new_digest = scores(1)  # e.g. a training run that rewrote best.safetensors
+    assert new_digest != digest and cached.stat().st_mtime_ns != before
+    assert abs(retrained - first) > 1e-3
+
+
+def test_a_wrong_musdb_root_is_one_line_and_writes_no_results_folder(tmp_path, capsys, monkeypatch):
+    (tmp_path / "music").mkdir()
+    out = tmp_path / "res"
+    code, io = run(capsys, monkeypatch, "evaluate", "--oracle", "irm2", "--musdb", tmp_path / "music",
+                   "--out", out, "-q")  # fmt: skip
+    assert code == 2
+    assert (
+        io.err.strip()
+        == f"sepcli: error: no MUSDB tracks found in {tmp_path / 'music'} (subset test)"
+    )
+    assert not out.exists()
+
+
 def test_oracle_masks_sum_to_the_mixture():
     rng = np.random.default_rng(1)
     stems = {s: rng.standard_normal((44100, 2)) * g for s, g in (("a", 1.0), ("b", 0.3))}

@@ -84,6 +84,11 @@ def test_a_few_steps_write_checkpoints_metrics_and_curves(tmp_path):
         "vocals",
         "bass",
     )
+    # Forgetting --resume must not start over in the same folder, replacing `best` and the log.
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+    with pytest.raises(ValueError, match="already holds a training run .*--resume"):
+        run(tmp_path / "db", tmp_path / "run", steps=3)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == before
 
 
 def test_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path):
