@@ -470,6 +470,16 @@ def train(
     )
 
 
+def interrupted_outcome(argv: list[str]) -> str:
+    """What an interruption kept, in words, for the command in `argv`."""
+    command = next((arg for arg in argv[1:] if not arg.startswith("-")), "")
+    if command == "train":
+        return "the last finished step is saved; rerun with --resume to continue"
+    if command == "evaluate":
+        return "scored tracks are cached; a rerun resumes"
+    return "finished tracks are kept, no partial files left"
+
+
 def main() -> None:
     """Entry point: run the app and turn user errors into one line and an exit code."""
     from sepcli.errors import describe
@@ -482,12 +492,10 @@ def main() -> None:
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else EXIT_OK)
     except Interrupted as sig:
-        err_console.print(
-            f"sepcli: interrupted ({sig}); finished tracks are kept, no partial files left"
-        )
+        err_console.print(f"sepcli: interrupted ({sig}); {interrupted_outcome(sys.argv)}")
         sys.exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
-        err_console.print("sepcli: interrupted; finished tracks are kept, no partial files left")
+        err_console.print(f"sepcli: interrupted; {interrupted_outcome(sys.argv)}")
         sys.exit(EXIT_INTERRUPTED)
     except SystemExit:
         raise

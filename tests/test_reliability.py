@@ -386,7 +386,7 @@ def test_interrupt_mid_batch_keeps_finished_tracks_and_a_rerun_completes(sig, tm
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "Traceback" not in err and "interrupted" in err
+    assert "Traceback" not in err and "interrupted" in err and "finished tracks are kept" in err
     finished = sorted(p.name for p in first.glob("*.wav"))
     assert finished == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
     assert all(sf.info(p).frames == 6 * 44100 for p in first.glob("*.wav"))
@@ -563,3 +563,11 @@ def test_a_two_hour_input_streams_with_flat_memory(tmp_path):
     assert long_peak - short_peak < 100, (
         f"peak RSS {short_peak} MB for 1 min, {long_peak} MB for 2 h"
     )
+
+
+def test_the_interruption_message_says_what_each_command_kept():
+    from sepcli.cli import interrupted_outcome
+
+    assert "--resume" in interrupted_outcome(["sepcli", "--debug", "train", "mel-roformer"])
+    assert "cached" in interrupted_outcome(["sepcli", "evaluate", "-m", "default"])
+    assert "finished tracks" in interrupted_outcome(["sepcli", "separate", "song.wav"])
