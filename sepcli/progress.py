@@ -40,11 +40,15 @@ class RichReporter(Reporter):
     def note(self, message: str) -> None:
         self.console.print(f"sepcli: {message}", soft_wrap=True)
 
-    def track_start(self, track: Track) -> None:
+    def _batch_task(self) -> TaskID:
         if self.batch_task is None:
             self.batch_task = self.progress.add_task(
                 "tracks", total=self.tracks, unit="tracks done"
             )
+        return self.batch_task
+
+    def track_start(self, track: Track) -> None:
+        self._batch_task()
         if self.track_task is not None:
             self.progress.remove_task(self.track_task)
         self.track_task = self.progress.add_task(
@@ -62,8 +66,8 @@ class RichReporter(Reporter):
     def track_done(self, result: TrackResult) -> None:
         if result.status == "failed":
             self.console.print(f"sepcli: failed: {result.input}: {result.error}", soft_wrap=True)
-        if self.batch_task is not None:
-            self.progress.advance(self.batch_task, 1)
+        # Skipped tracks count too, so a resumed batch's bar ends full.
+        self.progress.advance(self._batch_task(), 1)
 
     def summary(self, results: list[TrackResult]) -> None:
         if self.quiet or not results:

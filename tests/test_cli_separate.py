@@ -362,3 +362,22 @@ def test_separate_with_the_other_architectures(tmp_path, capsys, monkeypatch, ar
         # 44.1 -> 22.05 -> 44.1 kHz round trip (worst at the file's first and last samples).
         np.testing.assert_allclose(stems[0] + stems[1], mix, atol=1e-2)
         np.testing.assert_allclose((stems[0] + stems[1])[200:-200], mix[200:-200], atol=1e-3)
+
+
+def test_the_batch_bar_counts_skipped_tracks_so_a_resumed_batch_ends_full(tmp_path):
+    import io
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from sepcli.batch import Track, TrackResult
+    from sepcli.progress import RichReporter
+
+    reporter = RichReporter(Console(file=io.StringIO()), tracks=3)
+    with reporter:
+        reporter.track_done(TrackResult("a.wav", "skipped", {}, None, 0.0))  # a resumed batch
+        reporter.track_start(Track(Path("b.wav"), "b"))
+        reporter.track_done(TrackResult("b.wav", "done", {}, None, 1.0))
+        reporter.track_done(TrackResult("c.wav", "skipped", {}, None, 0.0))
+        task = reporter.progress.tasks[0]
+        assert (task.description, task.completed, task.total) == ("tracks", 3, 3)
