@@ -33,7 +33,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEBUG = {"on": False}
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps."
 PRECISION_HELP = "auto (bf16/fp16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16."
-# Shorter chunks than a spectral model's STFT window (2048 samples) separate nothing useful.
+# A round floor above the spectral models' STFT window (2048 samples, 46 ms): shorter chunks
+# separate nothing useful.
 MIN_SEGMENT_SECONDS = 0.1
 
 
