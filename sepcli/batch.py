@@ -268,7 +268,7 @@ def separate_track(
         raise AudioError(
             f"{info.channels} channels: only mono and stereo are separated (use --downmix)"
         )
-    out_rate = options.sample_rate or info.sample_rate
+    out_rate = options.sample_rate if options.sample_rate is not None else info.sample_rate
     out_channels = 1 if info.channels == 1 else model.audio_channels
     to_model = Resampler(info.sample_rate, model.sample_rate, model.audio_channels)
     stems = options.stems

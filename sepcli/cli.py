@@ -169,9 +169,9 @@ def _demixer(loaded, segment, overlap, batch_size, shifts, tta, device, precisio
     rate = loaded.model.sample_rate
     demixer = Demixer(
         loaded.model,
-        segment=int(segment * rate) if segment else defaults.get("segment"),
+        segment=int(segment * rate) if segment is not None else defaults.get("segment"),
         overlap=overlap if overlap is not None else defaults.get("overlap", 0.25),
-        batch_size=batch_size or defaults.get("batch_size", 4),
+        batch_size=batch_size if batch_size is not None else defaults.get("batch_size", 4),
         shifts=shifts,
         tta=tta if tta is not None else defaults.get("tta", False),
         device=device,

@@ -40,16 +40,19 @@ def write_tone(
     return audio
 
 
+TINY_MEL_ROFORMER = dict(dim=16, depth=1, num_stems=4, sources=["vocals", "drums", "bass", "other"],
+                         time_transformer_depth=1, freq_transformer_depth=1, num_bands=8, dim_head=8,
+                         heads=2, mask_estimator_depth=1, mlp_expansion_factor=1, stft_hop_length=512,
+                         segment=44100)  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A small random Mel-RoFormer (4 stems) in the native format, for CLI tests."""
     from sepcli import checkpoints
 
     torch.manual_seed(0)
-    cfg = dict(dim=16, depth=1, num_stems=4, sources=["vocals", "drums", "bass", "other"],
-               time_transformer_depth=1, freq_transformer_depth=1, num_bands=8, dim_head=8, heads=2,
-               mask_estimator_depth=1, mlp_expansion_factor=1, stft_hop_length=512, segment=44100)  # fmt: skip
-    model = checkpoints.build_model("mel-roformer", cfg)
+    model = checkpoints.build_model("mel-roformer", TINY_MEL_ROFORMER)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     checkpoints.save_checkpoint(path, model, {"note": "random weights for tests"})
     return path

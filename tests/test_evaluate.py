@@ -11,7 +11,7 @@ from eval.metrics import global_sdr
 from eval.oracle import oracle_estimates
 from eval.report import aggregate
 from sepcli.cli import main
-from tests.conftest import MUSDB_PREVIEWS, SHARED
+from tests.conftest import MUSDB_PREVIEWS, SHARED, TINY_MEL_ROFORMER
 
 
 def test_global_sdr_matches_analytic_values():
@@ -186,15 +186,14 @@ def test_new_weights_at_the_same_path_are_scored_again_not_read_from_the_cache(
 
     make_wav_musdb(tmp_path / "db", tracks=1, seconds=2.0)
     ckpt, out = tmp_path / "model.safetensors", tmp_path / "res"
-    cfg = dict(dim=16, depth=1, num_stems=4, sources=["vocals", "drums", "bass", "other"],
-               time_transformer_depth=1, freq_transformer_depth=1, num_bands=8, dim_head=8, heads=2,
-               mask_estimator_depth=1, mlp_expansion_factor=1, segment=44100)  # fmt: skip
     args = ["evaluate", "-m", ckpt, "--musdb", tmp_path / "db", "--is-wav", "--out", out,
             "--jobs", "1", "-q"]  # fmt: skip
 
     def scores(seed):
         torch.manual_seed(seed)
-        checkpoints.save_checkpoint(ckpt, checkpoints.build_model("mel-roformer", cfg))
+        checkpoints.save_checkpoint(
+            ckpt, checkpoints.build_model("mel-roformer", TINY_MEL_ROFORMER)
+        )
         code, io = run(capsys, monkeypatch, *args)
         assert code == 0, io.err
         summary = json.loads((out / "summary.json").read_text())
