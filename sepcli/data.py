@@ -72,6 +72,9 @@ class RemixDataset:
         sources: which of STEMS the model estimates; the rest still go into the mixture.
         silence_threshold: if set, redraw a stem segment whose RMS is below it (linear).
         augment: random gain (0.25..1.25), channel swap and polarity per stem.
+        coherent: fraction of examples whose stems all come from one track at one offset, so
+            the model also sees the timing and harmony that real mixes share (augmentation
+            still applies per stem; silence filtering does not).
     """
 
     def __init__(
@@ -81,7 +84,10 @@ class RemixDataset:
         sources: tuple[str, ...],
         silence_threshold: float | None = None,
         augment: bool = True,
+        coherent: float = 0.0,
     ) -> None:
+        if not 0 <= coherent <= 1:
+            raise ValueError(f"coherent must be in [0, 1], got {coherent}")
         self.stems = stems
         self.segment = segment
         self.source_index = [STEMS.index(s) for s in sources if s in STEMS]
@@ -91,20 +97,29 @@ class RemixDataset:
         self.sources = sources
         self.silence_threshold = silence_threshold
         self.augment = augment
+        self.coherent = coherent
+
+    def _draw(self, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        track = self.stems[rng.integers(len(self.stems))]
+        return track, int(rng.integers(0, max(1, track.shape[-1] - self.segment + 1)))
+
+    def _cut(self, track: np.ndarray, start: int, stem: int) -> np.ndarray:
+        piece = track[stem, :, start : start + self.segment]
+        if piece.shape[-1] < self.segment:
+            piece = np.pad(piece, ((0, 0), (0, self.segment - piece.shape[-1])))
+        return piece
 
     def _stem_segment(self, rng: np.random.Generator, stem: int) -> np.ndarray:
         for _ in range(10):
-            track = self.stems[rng.integers(len(self.stems))]
-            length = track.shape[-1]
-            start = int(rng.integers(0, max(1, length - self.segment + 1)))
-            piece = track[stem, :, start : start + self.segment]
-            if piece.shape[-1] < self.segment:
-                piece = np.pad(piece, ((0, 0), (0, self.segment - piece.shape[-1])))
+            piece = self._cut(*self._draw(rng), stem)
             if (
                 self.silence_threshold is None
                 or np.sqrt(np.mean(piece**2)) >= self.silence_threshold
             ):
                 break
+        return self._augment(rng, piece)
+
+    def _augment(self, rng: np.random.Generator, piece: np.ndarray) -> np.ndarray:
         if self.augment:
             piece = piece * rng.uniform(0.25, 1.25)
             if rng.random() < 0.5:
@@ -117,7 +132,14 @@ class RemixDataset:
         """A batch: mixtures [B, 2, T] and targets [B, S, 2, T]."""
         mixes, targets = [], []
         for _ in range(batch):
-            parts = np.stack([self._stem_segment(rng, i) for i in range(len(STEMS))])
+            # Drawn only when enabled, so a coherent=0 run replays exactly as before.
+            if self.coherent > 0 and rng.random() < self.coherent:
+                track, start = self._draw(rng)
+                parts = np.stack(
+                    [self._augment(rng, self._cut(track, start, i)) for i in range(len(STEMS))]
+                )
+            else:
+                parts = np.stack([self._stem_segment(rng, i) for i in range(len(STEMS))])
             mix = parts.sum(axis=0)
             wanted = [parts[i] for i in self.source_index]
             if "accompaniment" in self.extra:

@@ -52,6 +52,7 @@ class TrainSettings:
     accumulate: int = 1
     valid_every: int = 250
     silence_threshold: float | None = None
+    coherent: float = 0.0  # fraction of real (unremixed) mixes; see RemixDataset
     seed: int = 0
     precision: str = "auto"
     threads: int | None = None
@@ -70,6 +71,8 @@ class TrainSettings:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.warmup < 0 or self.weight_decay < 0:
             raise ValueError("warmup and weight_decay cannot be negative")
+        if not 0 <= self.coherent <= 1:
+            raise ValueError(f"coherent must be in [0, 1], got {self.coherent}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
 
@@ -245,7 +248,13 @@ def train(
         # Models at another rate (the IBM-CNN works at 22.05 kHz) train and validate there.
         train_stems = resample_stems(train_stems, rate, model.sample_rate)
         valid_stems = resample_stems(valid_stems, rate, model.sample_rate)
-    data = RemixDataset(train_stems, segment, model.sources, settings.silence_threshold)
+    data = RemixDataset(
+        train_stems,
+        segment,
+        model.sources,
+        settings.silence_threshold,
+        coherent=settings.coherent,
+    )
 
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
@@ -277,7 +286,8 @@ def train(
         "cuda", enabled=device.type == "cuda" and settings.precision == "fp16"
     )
     provenance_base = {
-        "data": f"MUSDB18 {musdb_root.name} train split ({len(names)} tracks), remixed",
+        "data": f"MUSDB18 {musdb_root.name} train split ({len(names)} tracks), remixed"
+        + (f" ({settings.coherent:.0%} real mixes)" if settings.coherent else ""),
         "seed": settings.seed,
         "world_size": dist.get_world_size() if dist.is_initialized() else 1,
         "training": dataclasses.asdict(settings),
