@@ -290,18 +290,18 @@ def separate_track(
             pending_mix.append(tail)
             yield tail
 
-    writers = {
-        stem: StemWriter(
-            track.outputs[stem],
-            out_rate,
-            out_channels,
-            options.fmt,
-            options.bit_depth,
-            options.clip,
-        )
-        for stem in stems
-    }
+    created = _missing_folders([track.outputs[stem] for stem in stems])
+    writers: dict[str, StemWriter] = {}
     try:
+        for stem in stems:
+            writers[stem] = StemWriter(
+                track.outputs[stem],
+                out_rate,
+                out_channels,
+                options.fmt,
+                options.bit_depth,
+                options.clip,
+            )
         for estimate in demixer.stream(model_rate_blocks()):
             mix = _take(pending_mix, estimate.shape[-1])
             parts = [_stem_audio(s, model.sources, estimate, mix) for s in stems]
@@ -318,8 +318,29 @@ def separate_track(
     except BaseException:
         for writer in writers.values():
             writer.abort()
+        _remove_empty(created)
         raise
     return info
+
+
+def _missing_folders(paths: list[Path]) -> list[Path]:
+    """The folders that writing `paths` will create, deepest first."""
+    missing: set[Path] = set()
+    for path in paths:
+        for folder in path.parents:
+            if folder.exists():
+                break
+            missing.add(folder)
+    return sorted(missing, key=lambda folder: len(folder.parts), reverse=True)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed track created, so that it leaves no trace."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # not empty: it holds stems finished before the failure, or other files
 
 
 def _take(queue: list[np.ndarray], count: int) -> np.ndarray:

@@ -330,8 +330,28 @@ def test_disk_full_mid_write_leaves_no_partial_file(tmp_path, monkeypatch):
     assert results[0].status == "failed" and "no space left" in results[0].error.lower()
     assert results[1].status == "done"
     assert not any(p.exists() for p in tracks[0].outputs.values())
+    assert not tracks[0].outputs[options.stems[0]].parent.exists()  # nor the folder it made
     assert all(sf.info(p).frames == int(0.4 * 44100) for p in tracks[1].outputs.values())
     assert leftovers(tmp_path) == []
+
+
+def test_a_stem_folder_that_cannot_be_created_leaves_no_temp_file_of_the_others(tmp_path):
+    model = GainSeparator()
+    for name in ("a.wav", "b.wav"):
+        write_tone(tmp_path / name, 0.4)
+    tracks, _ = batch.discover([str(tmp_path / "a.wav"), str(tmp_path / "b.wav")], False)
+    stems = batch.output_stems(model.sources, None, None)
+    out = _mkdir(tmp_path / "out")
+    batch.plan_outputs(tracks, out, "{stem}/{track}.{ext}", "gain", stems, "wav")
+    (out / stems[0]).mkdir()
+    (out / stems[0] / "keep.txt").write_text("the user's")
+    (out / stems[1]).write_text("a file where a stem folder should go")
+    options = batch.SeparationOptions(stems, "wav", 16, "rescale", None, False, False)
+    results = batch.run_batch(tracks, Demixer(model, segment=2000), options, _Recorder())
+    assert [r.status for r in results] == ["failed", "failed"]
+    assert leftovers(tmp_path) == []
+    assert sorted(p.name for p in out.iterdir()) == sorted(stems)
+    assert [p.name for p in (out / stems[0]).iterdir()] == ["keep.txt"]
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
