@@ -81,11 +81,15 @@ def architecture_of(model: Separator) -> str:
     raise CheckpointError(f"{type(model).__name__} is not a registered architecture")
 
 
-def build_model(architecture: str, config: dict[str, Any]) -> Separator:
-    """Build a registered architecture from a config dict, naming any bad key."""
+def check_architecture(architecture: str) -> None:
     if architecture not in models.ARCHITECTURES:
         known = ", ".join(models.ARCHITECTURES)
         raise CheckpointError(f"unknown architecture '{architecture}' (known: {known})")
+
+
+def build_model(architecture: str, config: dict[str, Any]) -> Separator:
+    """Build a registered architecture from a config dict, naming any bad key."""
+    check_architecture(architecture)
     cls, config_cls = models.ARCHITECTURES[architecture]
     try:
         return cls(config_cls.from_dict(config))

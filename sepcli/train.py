@@ -92,6 +92,7 @@ def load_preset(architecture: str, preset: str | Path | None) -> dict[str, Any]:
     presets) works too: its model section and stems become the model config, and the training
     keys sepcli shares with it (batch size, lr, accumulation, clipping, EMA) the settings.
     """
+    checkpoints.check_architecture(architecture)
     if preset is None:
         preset = "small"
     path = Path(preset)

@@ -69,3 +69,12 @@ def test_kj_preset_works_as_a_community_config():
     assert config.multi_stft_resolutions_window_sizes == (4096, 2048, 1024, 512, 256)
     assert defaults == {"segment": 352800, "overlap": 0.5, "batch_size": 4}
     assert load_preset("mel-roformer", "kj")["training"]["segment"] == 8.0
+
+
+def test_an_unknown_architecture_is_named_with_the_known_ones():
+    with pytest.raises(
+        checkpoints.CheckpointError, match="unknown architecture 'foo'.*mel-roformer"
+    ):
+        load_preset("foo", None)
+    with pytest.raises(checkpoints.CheckpointError, match="no preset 'huge'.*small"):
+        load_preset("mel-roformer", "huge")
