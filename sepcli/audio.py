@@ -220,6 +220,22 @@ def check_output_format(fmt: str, bit_depth: int) -> None:
         raise AudioError("FLAC stores at most 24 bits; use --bit-depth 16 or 24, or --format wav")
 
 
+# (lowest sample rate, lowest and highest kb/s) of MPEG-1, MPEG-2 and MPEG-2.5 layer III.
+MP3_BITRATES = ((32000, 32, 320), (16000, 8, 160), (0, 8, 64))
+
+
+def mp3_compression_level(kbps: int, sample_rate: int) -> float:
+    """The libsndfile compression level for a constant `kbps` (clamped to what the rate allows).
+
+    libsndfile's constant bitrate is `highest - level * (highest - lowest)` of the MPEG version
+    that the sample rate picks; LAME then rounds it to a standard bitrate.
+    """
+    lowest, highest = next((lo, hi) for rate, lo, hi in MP3_BITRATES if sample_rate >= rate)
+    kbps = min(max(kbps, lowest), highest)
+    # libsndfile refuses level 1.0; just below it already gives the lowest bitrate.
+    return min((highest - kbps) / (highest - lowest), 0.999)
+
+
 def check_clip_mode(clip: str) -> None:
     if clip not in ("rescale", "clamp", "none"):
         raise AudioError(f"unknown clip mode '{clip}' (use rescale, clamp or none)")
@@ -233,15 +249,24 @@ class StemWriter:
         sample_rate, channels: of the audio given to `write`.
         fmt: wav, flac or mp3. bit_depth: 16, 24 or 32 (float; WAV only).
         clip: `rescale` (divide by the peak if it exceeds 1), `clamp` (clip to [-1, 1]) or `none`.
+        mp3_bitrate: constant bitrate in kb/s of MP3 output.
     """
 
     def __init__(
-        self, path: Path, sample_rate: int, channels: int, fmt: str, bit_depth: int, clip: str
+        self,
+        path: Path,
+        sample_rate: int,
+        channels: int,
+        fmt: str,
+        bit_depth: int,
+        clip: str,
+        mp3_bitrate: int = 320,
     ) -> None:
         check_output_format(fmt, bit_depth)
         check_clip_mode(clip)
         self.path, self.sample_rate, self.channels = Path(path), sample_rate, channels
         self.fmt, self.bit_depth, self.clip = fmt, bit_depth, clip
+        self.mp3_bitrate = mp3_bitrate
         self.peak = 0.0
         self.frames = 0
         try:
@@ -279,16 +304,21 @@ class StemWriter:
             clamp = self.clip == "clamp" or (self.clip == "none" and self.bit_depth != 32)
             fd, self.encoded_path = temp_beside(self.path, f".{self.fmt}.part")
             os.close(fd)
-            subtype = (
-                "MPEG_LAYER_III" if self.fmt == "mp3" else SUBTYPES[(self.fmt, self.bit_depth)]
-            )
+            if self.fmt == "mp3":
+                # libsndfile's default is variable, about 100-150 kb/s; demucs writes 320 kb/s.
+                level = mp3_compression_level(self.mp3_bitrate, self.sample_rate)
+                encoding = dict(
+                    subtype="MPEG_LAYER_III", bitrate_mode="CONSTANT", compression_level=level
+                )
+            else:
+                encoding = dict(subtype=SUBTYPES[(self.fmt, self.bit_depth)])
             out = sf.SoundFile(
                 self.encoded_path,
                 "w",
                 self.sample_rate,
                 self.channels,
-                subtype=subtype,
                 format=FORMATS[self.fmt],
+                **encoding,
             )
             # Read the raw file back block by block: a memmap's touched pages would count as
             # resident memory and grow with the track's length.

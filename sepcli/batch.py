@@ -216,6 +216,7 @@ class SeparationOptions:
     sample_rate: int | None = None
     downmix: bool = False
     overwrite: bool = False
+    mp3_bitrate: int = 320  # kb/s, constant
 
 
 def output_stems(
@@ -301,6 +302,7 @@ def separate_track(
                 options.fmt,
                 options.bit_depth,
                 options.clip,
+                options.mp3_bitrate,
             )
         for estimate in demixer.stream(model_rate_blocks()):
             mix = _take(pending_mix, estimate.shape[-1])

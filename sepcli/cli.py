@@ -82,6 +82,13 @@ def separate(
     ),
     fmt: str = typer.Option("wav", "--format", help="wav, flac or mp3."),
     bit_depth: int = typer.Option(16, "--bit-depth", help="16, 24 or 32 (32 = float, WAV only)."),
+    mp3_bitrate: int = typer.Option(
+        320,
+        "--mp3-bitrate",
+        min=8,
+        max=320,
+        help="Constant MP3 bitrate in kb/s (at most 160 below 32 kHz, 64 below 16 kHz).",
+    ),
     clip: str = typer.Option(
         "rescale", "--clip", help="rescale (divide by the peak if above 1), clamp or none."
     ),
@@ -150,7 +157,9 @@ def separate(
     demixer = _demixer(
         loaded, segment, overlap, batch_size, shifts, tta, device, precision, reporter.note
     )
-    options = batch.SeparationOptions(chosen, fmt, bit_depth, clip, sample_rate, downmix, overwrite)
+    options = batch.SeparationOptions(
+        chosen, fmt, bit_depth, clip, sample_rate, downmix, overwrite, mp3_bitrate
+    )
     with reporter:
         results = batch.run_batch(tracks, demixer, options, reporter)
     reporter.summary(results)

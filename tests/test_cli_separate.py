@@ -120,6 +120,30 @@ def test_formats_bit_depths_rates_and_subsets(tmp_path, capsys, monkeypatch, tin
     assert info.samplerate == 22050 and info.format == "MP3"
 
 
+def kbps(path, seconds):
+    return path.stat().st_size * 8 / seconds / 1000
+
+
+@pytest.mark.parametrize(("rate", "asked", "expected"), [(44100, None, 320), (44100, "128", 128),
+                                                         (22050, None, 160), (22050, "64", 64)])  # fmt: skip
+def test_mp3_stems_have_the_constant_bitrate_asked_for(rate, asked, expected, tmp_path, capsys,
+                                                       monkeypatch, tiny_checkpoint):  # fmt: skip
+    write_tone(tmp_path / "in.wav", 4.0, rate=rate)
+    extra = ["--mp3-bitrate", asked] if asked else []
+    code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "in.wav", "-m", tiny_checkpoint, "-o", tmp_path,
+                       "--format", "mp3", "--stems", "vocals", *extra)  # fmt: skip
+    assert code == 0, err
+    # A constant bitrate fixes the size whatever the audio (libsndfile's default, VBR, does not).
+    assert kbps(tmp_path / "tiny" / "in" / "vocals.mp3", 4.0) == pytest.approx(expected, rel=0.03)
+
+
+def test_an_mp3_bitrate_out_of_range_is_refused(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+    write_tone(tmp_path / "in.wav", 0.2)
+    code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "in.wav", "-m", tiny_checkpoint, "-o", tmp_path,
+                       "--format", "mp3", "--mp3-bitrate", "500")  # fmt: skip
+    assert code == 2 and "--mp3-bitrate" in err and "Traceback" not in err
+
+
 def test_folder_recursion_mirrors_the_tree_and_one_bad_file_does_not_stop_the_batch(
     tmp_path, capsys, monkeypatch, tiny_checkpoint
 ):
