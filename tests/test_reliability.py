@@ -220,12 +220,12 @@ class _Recorder(batch.Reporter):
             self.on_start(track)
 
 
-def _plan(tmp_path, names, model):
+def _plan(tmp_path, names, model, template=batch.DEFAULT_TEMPLATE):
     for name in names:
         write_tone(tmp_path / name, 0.4)
     tracks, _ = batch.discover([str(tmp_path / n) for n in names], False)
     stems = batch.output_stems(model.sources, None, None)
-    batch.plan_outputs(tracks, tmp_path / "out", batch.DEFAULT_TEMPLATE, "gain", stems, "wav")
+    batch.plan_outputs(tracks, tmp_path / "out", template, "gain", stems, "wav")
     return tracks, batch.SeparationOptions(stems, "wav", 16, "rescale", None, False, False)
 
 
@@ -337,16 +337,11 @@ def test_disk_full_mid_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
 def test_a_stem_folder_that_cannot_be_created_leaves_no_temp_file_of_the_others(tmp_path):
     model = GainSeparator()
-    for name in ("a.wav", "b.wav"):
-        write_tone(tmp_path / name, 0.4)
-    tracks, _ = batch.discover([str(tmp_path / "a.wav"), str(tmp_path / "b.wav")], False)
-    stems = batch.output_stems(model.sources, None, None)
-    out = _mkdir(tmp_path / "out")
-    batch.plan_outputs(tracks, out, "{stem}/{track}.{ext}", "gain", stems, "wav")
+    tracks, options = _plan(tmp_path, ["a.wav", "b.wav"], model, "{stem}/{track}.{ext}")
+    stems, out = options.stems, _mkdir(tmp_path / "out")
     (out / stems[0]).mkdir()
     (out / stems[0] / "keep.txt").write_text("the user's")
     (out / stems[1]).write_text("a file where a stem folder should go")
-    options = batch.SeparationOptions(stems, "wav", 16, "rescale", None, False, False)
     results = batch.run_batch(tracks, Demixer(model, segment=2000), options, _Recorder())
     assert [r.status for r in results] == ["failed", "failed"]
     assert leftovers(tmp_path) == []
