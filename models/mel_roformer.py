@@ -4,7 +4,8 @@ Parameter names and shapes follow the community MelBandRoformer (ZFTurbo's
 Music-Source-Separation-Training, commit ccc011a), so its `.ckpt` state dicts load with
 `strict=True` and give the same output. The forward pass is rewritten for speed: one fused
 projection for q, k, v and the head gates, RoPE as a complex multiply, SDPA over all heads at
-once, and a vectorised band split. See ../shared/specs/mel_roformer/SPEC.md for the facts.
+once, bands read and written in place in a time-major spectrum, and overlapping bands' masks
+summed in two non-overlapping groups. See ../shared/specs/mel_roformer/SPEC.md for the facts.
 """
 
 from __future__ import annotations
@@ -133,11 +134,14 @@ class Attention(nn.Module):
         weight = torch.cat([self.to_qkv.weight, self.to_gates.weight])
         bias = torch.cat([self.to_qkv.weight.new_zeros(3 * h * e), self.to_gates.bias])
         projected = F.linear(self.norm(x), weight, bias)
-        qkv = projected[..., : 3 * h * e].unflatten(-1, (3, h, e))  # to (b, n, 3, h, e)
-        gates = projected[..., 3 * h * e :].sigmoid()  # (b, n, h)
-        q = apply_rotation(qkv[:, :, 0], rotation).transpose(1, 2)  # to (b, h, n, e)
-        k = apply_rotation(qkv[:, :, 1], rotation).transpose(1, 2)
-        v = qkv[:, :, 2].transpose(1, 2)
+        # split/unbind rather than slicing: their backwards are one cat/stack, where each slice's
+        # backward would zero-fill and copy a tensor the size of `projected`.
+        qkv, gates = projected.split([3 * h * e, h], dim=-1)
+        q, k, v = qkv.unflatten(-1, (3, h, e)).unbind(2)  # each (b, n, h, e)
+        gates = gates.sigmoid()  # (b, n, h)
+        q = apply_rotation(q, rotation).transpose(1, 2)  # to (b, h, n, e)
+        k = apply_rotation(k, rotation).transpose(1, 2)
+        v = v.transpose(1, 2)
         out = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.dropout if self.training else 0.0
         )  # (b, h, n, e)
@@ -240,51 +244,30 @@ TOKENS_PER_GROUP = 4096
 
 
 class BandSplit(nn.Module):
-    """Per-band RMSNorm + Linear from each band's STFT features to `dim`, for all bands at once."""
+    """Per-band RMSNorm + Linear from each band's STFT features to `dim`.
 
-    def __init__(self, dim: int, band_sizes: list[int]) -> None:
+    Band k's features are `band_sizes[k]` consecutive values of the input starting at
+    `offsets[k]`; mel bands are contiguous bin ranges, so they are read in place.
+    """
+
+    def __init__(self, dim: int, band_sizes: list[int], offsets: list[int]) -> None:
         super().__init__()
-        self.band_sizes = band_sizes
+        self.band_sizes, self.offsets = band_sizes, offsets
         self.to_features = nn.ModuleList(
             nn.Sequential(RMSNorm(size), nn.Linear(size, dim)) for size in band_sizes
         )
-        # Where each band's features go in a zero-padded [bands, max_size] layout; the padding
-        # slots read one extra all-zero column appended to the input.
-        width = max(band_sizes)
-        total = sum(band_sizes)
-        index = torch.full((len(band_sizes), width), total, dtype=torch.long)
-        start = 0
-        for k, size in enumerate(band_sizes):
-            index[k, :size] = torch.arange(start, start + size)
-            start += size
-        self.register_buffer("padded_index", index.flatten(), persistent=False)
-        sizes = torch.tensor(band_sizes, dtype=torch.float32)
-        self.register_buffer("sqrt_sizes", sizes.sqrt()[:, None], persistent=False)
-
-    def packed_parameters(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Stack the per-band parameters, zero-padded: gamma [K, W], weight [K, W, D], bias [K, D]."""
-        width = max(self.band_sizes)
-        first = self.to_features[0][1].weight
-        dim = first.shape[0]
-        gamma = first.new_zeros(len(self.band_sizes), width)
-        weight = first.new_zeros(len(self.band_sizes), width, dim)
-        for k, (norm, linear) in enumerate(self.to_features):
-            size = self.band_sizes[k]
-            gamma[k, :size] = norm.gamma
-            weight[k, :size] = linear.weight.t()
-        bias = torch.stack([linear.bias for _, linear in self.to_features])
-        return gamma, weight, bias
 
     def forward(self, x: Tensor) -> Tensor:
-        """x: [B, T, sum(band_sizes)] -> [B, T, K, D]."""
-        batch, frames, _ = x.shape
-        x = F.pad(x, (0, 1))
-        bands = x[..., self.padded_index].unflatten(-1, (len(self.band_sizes), -1))  # (b, t, k, w)
-        gamma, weight, bias = self.packed_parameters()
-        bands = F.normalize(bands, dim=-1) * (gamma * self.sqrt_sizes)
-        bands = bands.permute(2, 0, 1, 3).reshape(len(self.band_sizes), batch * frames, -1)
-        out = torch.baddbmm(bias[:, None, :], bands, weight)  # (k, b*t, d)
-        return out.unflatten(1, (batch, frames)).permute(1, 2, 0, 3)  # to (b, t, k, d)
+        """x: [B, T, features] -> [B, T, K, D]."""
+        out = []
+        for (norm, linear), start, size in zip(self.to_features, self.offsets, self.band_sizes):
+            band = x[..., start : start + size]
+            # linear(normalize(band) * g) = linear_without_bias(band * g) / ||band|| + bias: the
+            # band is read twice (its norm, one GEMM) and never copied.
+            weight = linear.weight * (norm.gamma * norm.scale)
+            length = torch.linalg.vector_norm(band, dim=-1, keepdim=True).clamp_min(1e-12)
+            out.append(torch.addcdiv(linear.bias, F.linear(band, weight), length))
+        return torch.stack(out, dim=2)
 
 
 # Weights that read the residual stream (`dim` wide) and those that write into it; growth must
@@ -314,12 +297,59 @@ def _widened(key: str, old: Tensor, fresh: Tensor) -> Tensor:
     return grown
 
 
-class MaskEstimator(nn.Module):
-    """One MLP + GLU per band, from `dim` back to that band's complex mask features."""
+def disjoint_groups(offsets: list[int], sizes: list[int]) -> list[list[int]]:
+    """Bands in groups whose spans [offset, offset + size) do not overlap, in offset order.
 
-    def __init__(self, dim: int, band_sizes: list[int], depth: int, expansion: int) -> None:
+    Greedy interval colouring: mel bands overlap only their neighbours, so this gives two groups.
+    """
+    groups: list[list[int]] = []
+    for k in sorted(range(len(offsets)), key=lambda k: offsets[k]):
+        for group in groups:
+            if offsets[group[-1]] + sizes[group[-1]] <= offsets[k]:
+                group.append(k)
+                break
+        else:
+            groups.append([k])
+    return groups
+
+
+def place(pieces: list[Tensor], offsets: list[int], width: int) -> Tensor:
+    """Non-overlapping pieces [..., size] laid out at their offsets along a zero row of `width`.
+
+    One concatenation with zero gaps: its backward is slicing, where adding into slices of a
+    zero tensor would copy the whole gradient once per piece.
+    """
+    parts, end = [], 0
+    for piece, start in zip(pieces, offsets):
+        if start > end:
+            parts.append(piece.new_zeros(*piece.shape[:-1], start - end))
+        parts.append(piece)
+        end = start + piece.shape[-1]
+    if width > end:
+        parts.append(pieces[-1].new_zeros(*pieces[-1].shape[:-1], width - end))
+    return torch.cat(parts, dim=-1)
+
+
+class MaskEstimator(nn.Module):
+    """One MLP + GLU per band, from `dim` back to that band's complex mask features.
+
+    Band k's output lands at `offsets[k]` of a `width`-wide row; where bands overlap, their
+    outputs are summed.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        band_sizes: list[int],
+        offsets: list[int],
+        width: int,
+        depth: int,
+        expansion: int,
+    ) -> None:
         super().__init__()
         hidden = dim * expansion
+        self.offsets, self.width = offsets, width
+        self.groups = disjoint_groups(offsets, band_sizes)
 
         def mlp(size: int) -> nn.Sequential:
             layers: list[nn.Module] = []
@@ -333,12 +363,18 @@ class MaskEstimator(nn.Module):
         self.to_freqs = nn.ModuleList(mlp(size) for size in band_sizes)
 
     def forward(self, x: Tensor) -> Tensor:
-        """x: [B, T, K, D] -> [B, T, sum(band_sizes)].
+        """x: [B, T, K, D] -> [B, T, width].
 
-        A loop over bands: these GEMMs are large and FLOP-bound, and stacking the 60 MLPs into
-        one batched weight would copy ~700 MB per stem on every call.
+        A loop over bands: these GEMMs are large and FLOP-bound, and stacking the MLPs into one
+        batched weight would copy ~700 MB per stem on every call.
         """
-        return torch.cat([band(x[:, :, k]) for k, band in enumerate(self.to_freqs)], dim=-1)
+        # unbind, not x[:, :, k]: its backward is one stack, not a zero-filled copy per band.
+        masks = [band(xk) for band, xk in zip(self.to_freqs, x.unbind(2))]
+        placed = [
+            place([masks[k] for k in group], [self.offsets[k] for k in group], self.width)
+            for group in self.groups
+        ]
+        return sum(placed[1:], placed[0])
 
 
 class MelRoFormer(Separator):
@@ -369,20 +405,28 @@ class MelRoFormer(Separator):
 
         membership = mel_band_membership(cfg.sample_rate, cfg.stft_n_fft, cfg.num_bands)
         channels = self.audio_channels
-        bins_per_band = membership.sum(axis=1)
-        band_sizes = [int(n) * channels * 2 for n in bins_per_band]
-        band_bins = np.concatenate([np.flatnonzero(row) for row in membership])
-        # Packed STFT rows are bin-major then channel: row = bin * channels + channel.
-        rows = (band_bins[:, None] * channels + np.arange(channels)[None, :]).reshape(-1)
-        self.register_buffer("freq_indices", torch.from_numpy(rows), persistent=False)
+        # The spectrum is packed time-major, rows bin-major then channel, real and imaginary
+        # side by side: band k, bins lo..hi, is values [lo*c*2, (hi+1)*c*2) of each frame.
+        bins = [np.flatnonzero(row) for row in membership]
+        if any(np.any(np.diff(b) != 1) for b in bins):
+            raise ValueError("mel bands must be contiguous bin ranges")
+        band_sizes = [len(b) * channels * 2 for b in bins]
+        self.band_offsets = [int(b[0]) * channels * 2 for b in bins]
         bands_per_bin = torch.from_numpy(membership.sum(axis=0)).float()
         self.register_buffer(
             "bands_per_row", bands_per_bin.repeat_interleave(channels), persistent=False
         )
 
-        self.band_split = BandSplit(cfg.dim, band_sizes)
+        self.band_split = BandSplit(cfg.dim, band_sizes, self.band_offsets)
         self.mask_estimators = nn.ModuleList(
-            MaskEstimator(cfg.dim, band_sizes, cfg.mask_estimator_depth, cfg.mlp_expansion_factor)
+            MaskEstimator(
+                cfg.dim,
+                band_sizes,
+                self.band_offsets,
+                (cfg.stft_n_fft // 2 + 1) * channels * 2,
+                cfg.mask_estimator_depth,
+                cfg.mlp_expansion_factor,
+            )
             for _ in range(cfg.num_stems)
         )
 
@@ -470,13 +514,11 @@ class MelRoFormer(Separator):
         real_dtype = torch.float64 if mix.dtype == torch.float64 else torch.float32
         spec = self._stft(mix.reshape(batch * channels, length).to(real_dtype))  # (b*c, f, t)
         freqs, frames = spec.shape[-2:]
-        # Pack channels into the frequency axis, bin-major: (b, f*c, t).
-        packed = spec.reshape(batch, channels, freqs, frames).transpose(1, 2)
-        packed = packed.reshape(batch, freqs * channels, frames)
-
-        x = torch.view_as_real(packed[:, self.freq_indices])  # (b, rows, t, 2)
-        x = x.permute(0, 2, 1, 3).reshape(batch, frames, -1)  # to (b, t, rows*2)
-        x = self.band_split(x)  # (b, t, k, d)
+        # Time-major spectrum, rows bin-major then channel: (b, t, f*c).
+        spec_t = spec.reshape(batch, channels, freqs, frames).permute(0, 3, 2, 1)
+        spec_t = spec_t.reshape(batch, frames, freqs * channels)
+        features = torch.view_as_real(spec_t).reshape(batch, frames, -1)  # (b, t, f*c*2)
+        x = self.band_split(features)  # (b, t, k, d)
         bands = x.shape[2]
 
         spare = torch.empty_like(x) if not torch.is_grad_enabled() else None
@@ -501,21 +543,17 @@ class MelRoFormer(Separator):
             if cfg.skip_connection:
                 earlier.append(x)
 
-        masks = torch.stack([estimator(x) for estimator in self.mask_estimators], dim=1)
-        masks = masks.unflatten(-1, (-1, 2)).transpose(2, 3)  # to (b, s, rows, t, 2)
-        masks = torch.view_as_complex(masks.to(real_dtype).contiguous())
-        # Average the complex masks of overlapping bands per STFT row.
-        summed = masks.new_zeros(batch, cfg.num_stems, freqs * channels, frames)
-        index = self.freq_indices[None, None, :, None].expand_as(masks)
-        summed = summed.scatter_add(2, index, masks)
-        summed = summed / self.bands_per_row.clamp(min=1e-8)[:, None]
-        stems = packed[:, None] * summed  # (b, s, f*c, t)
-
-        stems = stems.reshape(batch, cfg.num_stems, freqs, channels, frames).transpose(2, 3)
+        # Overlapping bands' complex masks are averaged per STFT row: summed here, with the
+        # division moved onto the mixture (one row count per row, not one per stem).
+        scaled = spec_t / self.bands_per_row.clamp(min=1e-8)
         if cfg.zero_dc:
-            stems = stems.clone()
-            stems[:, :, :, 0] = 0
-        return stems
+            scaled[..., :channels] = 0  # rows 0..c-1 are bin 0
+        stems = []
+        for estimator in self.mask_estimators:
+            summed = estimator(x).to(real_dtype)
+            stem = torch.view_as_complex(summed.unflatten(-1, (-1, 2))) * scaled  # (b, t, f*c)
+            stems.append(stem.view(batch, frames, freqs, channels).permute(0, 3, 2, 1))
+        return torch.stack(stems, dim=1)  # (b, s, c, f, t)
 
     def loss(self, mix: Tensor, targets: Tensor) -> Tensor:
         """L1 on the waveform + multi-resolution STFT L1, as the community training code does."""
