@@ -4,8 +4,9 @@
     python bench/models.py --quick    # a small Mel-RoFormer instead of the KJ config
 
 Rows: the KJ Mel-RoFormer config on one 8 s chunk in fp32 and bf16 (with the bf16 output's SNR
-against fp32 on the same input), the embedded default's config, and the default configs of the
-complex-mask U-Net and the IBM-CNN. Random weights: speed does not depend on them. Each row runs
+against fp32 on the same input), the `small` preset that the embedded default grew from, the
+embedded default's own config on a batch of 4 chunks of 3 s (as `sepcli separate` runs it), and
+the default configs of the complex-mask U-Net and the IBM-CNN. Random weights: speed does not depend on them. Each row runs
 in its own process, so peak RSS is per model. On CUDA (when present) the same rows run there too.
 """
 
@@ -27,6 +28,7 @@ QUICK = {**KJ, "dim": 128, "depth": 2}
 
 
 def rows(quick: bool) -> list[dict]:
+    from sepcli.checkpoints import WEIGHTS_DIR, read_metadata
     from sepcli.train import load_preset
 
     mel = QUICK if quick else KJ
@@ -34,8 +36,11 @@ def rows(quick: bool) -> list[dict]:
     return [
         {"label": label, "arch": "mel-roformer", "config": mel, "seconds": 8.0, "precision": "fp32"},
         {"label": label, "arch": "mel-roformer", "config": mel, "seconds": 8.0, "precision": "bf16"},
-        {"label": "Mel-RoFormer small (default)", "arch": "mel-roformer",
+        {"label": "Mel-RoFormer small preset", "arch": "mel-roformer",
          "config": load_preset("mel-roformer", "small")["model"], "seconds": 4.0, "precision": "fp32"},
+        {"label": "embedded default, 4 x 3 s", "arch": "mel-roformer",
+         "config": read_metadata(WEIGHTS_DIR / "default.safetensors")["config"], "seconds": 3.0,
+         "batch": 4, "precision": "fp32"},
         {"label": "complex-mask U-Net", "arch": "complex-mask", "config": {}, "seconds": 2.96,
          "precision": "fp32"},
         {"label": "IBM-CNN", "arch": "ibm-cnn", "config": {}, "seconds": 2.0, "precision": "fp32"},
@@ -57,7 +62,8 @@ def measure(row: dict, device: str, threads: int, repeats: int) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = checkpoints.build_model(row["arch"], row["config"]).eval().to(device)
-    x = torch.randn(1, model.audio_channels, int(row["seconds"] * model.sample_rate)) * 0.1
+    batch = row.get("batch", 1)
+    x = torch.randn(batch, model.audio_channels, int(row["seconds"] * model.sample_rate)) * 0.1
     x = x.to(device)
     sync = torch.cuda.synchronize if device == "cuda" else lambda: None
     with torch.inference_mode():
@@ -73,7 +79,7 @@ def measure(row: dict, device: str, threads: int, repeats: int) -> dict:
                 times.append(time.perf_counter() - start)
     result = {
         "seconds": min(times),
-        "per_audio_second": min(times) / row["seconds"],
+        "per_audio_second": min(times) / (row["seconds"] * batch),
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "peak_rss_gb": peak_rss_kb() / 1e6,
     }
@@ -100,7 +106,9 @@ def main() -> None:
     from rich.table import Table
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    table = Table(title=f"Separator forward passes, batch 1, {args.threads} CPU threads")
+    table = Table(
+        title=f"Separator forward passes, batch 1 unless named, {args.threads} CPU threads"
+    )
     for column in ("model", "device", "precision", "chunk s", "seconds", "s per audio s",
                    "params (M)", "peak RSS (GB)", "bf16 vs fp32 SNR (dB)"):  # fmt: skip
         table.add_column(column, justify="right")

@@ -75,6 +75,10 @@ class RemixDataset:
         coherent: fraction of examples whose stems all come from one track at one offset, so
             the model also sees the timing and harmony that real mixes share (augmentation
             still applies per stem; silence filtering does not).
+        speed: largest relative change of playback speed. Each stem segment (each coherent
+            example, all its stems alike) is read from `segment` times a factor drawn from
+            [1 - speed, 1 + speed] samples and resampled to `segment`: tempo and pitch change
+            together (0.1 is about 1.7 semitones), as tape would. 0 leaves the audio as it is.
     """
 
     def __init__(
@@ -85,9 +89,12 @@ class RemixDataset:
         silence_threshold: float | None = None,
         augment: bool = True,
         coherent: float = 0.0,
+        speed: float = 0.0,
     ) -> None:
         if not 0 <= coherent <= 1:
             raise ValueError(f"coherent must be in [0, 1], got {coherent}")
+        if not 0 <= speed < 1:
+            raise ValueError(f"speed must be in [0, 1), got {speed}")
         self.stems = stems
         self.segment = segment
         self.source_index = [STEMS.index(s) for s in sources if s in STEMS]
@@ -98,20 +105,33 @@ class RemixDataset:
         self.silence_threshold = silence_threshold
         self.augment = augment
         self.coherent = coherent
+        self.speed = speed
 
-    def _draw(self, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    def _source_length(self, rng: np.random.Generator) -> int:
+        """Samples to read for one segment: `segment`, or another length to change the speed."""
+        # Drawn only when enabled, so a speed=0 run replays exactly as before.
+        if self.speed == 0:
+            return self.segment
+        return round(self.segment * rng.uniform(1 - self.speed, 1 + self.speed))
+
+    def _draw(self, rng: np.random.Generator, length: int) -> tuple[np.ndarray, int]:
         track = self.stems[rng.integers(len(self.stems))]
-        return track, int(rng.integers(0, max(1, track.shape[-1] - self.segment + 1)))
+        return track, int(rng.integers(0, max(1, track.shape[-1] - length + 1)))
 
-    def _cut(self, track: np.ndarray, start: int, stem: int) -> np.ndarray:
-        piece = track[stem, :, start : start + self.segment]
-        if piece.shape[-1] < self.segment:
+    def _cut(self, track: np.ndarray, start: int, stem: int, length: int) -> np.ndarray:
+        piece = track[stem, :, start : start + length]
+        if piece.shape[-1] < length:
+            piece = np.pad(piece, ((0, 0), (0, length - piece.shape[-1])))
+        if length != self.segment:
+            piece = soxr.resample(piece.T, length, self.segment, quality="HQ").T
+            piece = piece[:, : self.segment]
             piece = np.pad(piece, ((0, 0), (0, self.segment - piece.shape[-1])))
         return piece
 
     def _stem_segment(self, rng: np.random.Generator, stem: int) -> np.ndarray:
+        length = self._source_length(rng)
         for _ in range(10):
-            piece = self._cut(*self._draw(rng), stem)
+            piece = self._cut(*self._draw(rng, length), stem, length)
             if (
                 self.silence_threshold is None
                 or np.sqrt(np.mean(piece**2)) >= self.silence_threshold
@@ -134,9 +154,13 @@ class RemixDataset:
         for _ in range(batch):
             # Drawn only when enabled, so a coherent=0 run replays exactly as before.
             if self.coherent > 0 and rng.random() < self.coherent:
-                track, start = self._draw(rng)
+                length = self._source_length(rng)
+                track, start = self._draw(rng, length)
                 parts = np.stack(
-                    [self._augment(rng, self._cut(track, start, i)) for i in range(len(STEMS))]
+                    [
+                        self._augment(rng, self._cut(track, start, i, length))
+                        for i in range(len(STEMS))
+                    ]
                 )
             else:
                 parts = np.stack([self._stem_segment(rng, i) for i in range(len(STEMS))])

@@ -53,6 +53,7 @@ class TrainSettings:
     valid_every: int = 250
     silence_threshold: float | None = None
     coherent: float = 0.0  # fraction of real (unremixed) mixes; see RemixDataset
+    speed: float = 0.0  # largest relative speed (tempo and pitch) change; see RemixDataset
     seed: int = 0
     precision: str = "auto"
     threads: int | None = None
@@ -73,6 +74,8 @@ class TrainSettings:
             raise ValueError("warmup and weight_decay cannot be negative")
         if not 0 <= self.coherent <= 1:
             raise ValueError(f"coherent must be in [0, 1], got {self.coherent}")
+        if not 0 <= self.speed < 1:
+            raise ValueError(f"speed must be in [0, 1), got {self.speed}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
 
@@ -255,6 +258,7 @@ def train(
         model.sources,
         settings.silence_threshold,
         coherent=settings.coherent,
+        speed=settings.speed,
     )
 
     optimizer = torch.optim.AdamW(
@@ -288,7 +292,8 @@ def train(
     )
     provenance_base = {
         "data": f"MUSDB18 {musdb_root.name} train split ({len(names)} tracks), remixed"
-        + (f" ({settings.coherent:.0%} real mixes)" if settings.coherent else ""),
+        + (f" ({settings.coherent:.0%} real mixes)" if settings.coherent else "")
+        + (f", speed changed by up to {settings.speed:.0%}" if settings.speed else ""),
         "seed": settings.seed,
         "world_size": dist.get_world_size() if dist.is_initialized() else 1,
         "training": dataclasses.asdict(settings),

@@ -1,4 +1,4 @@
-"""RemixDataset: remixed and coherent (real-mix) training examples."""
+"""RemixDataset: remixed and coherent (real-mix) training examples, speed changes."""
 
 import numpy as np
 import pytest
@@ -62,3 +62,41 @@ def test_a_coherent_fraction_outside_0_1_is_refused(value):
         RemixDataset(numbered_tracks(), SEGMENT, tuple(STEMS), coherent=value)
     with pytest.raises(ValueError, match="coherent"):
         TrainSettings(coherent=value)
+
+
+# Long enough that the middle half is clear of the resampler's ringing at the segment edges.
+LONG = 2000
+
+
+def slopes(targets: np.ndarray) -> np.ndarray:
+    """Source samples advanced per output sample, per example and stem (middle half only)."""
+    middle = targets[..., 0, LONG // 4 : 3 * LONG // 4]
+    return np.polyfit(np.arange(middle.shape[-1]), middle.reshape(-1, middle.shape[-1]).T, 1)[0]
+
+
+def test_speed_changes_play_each_stem_faster_or_slower_within_the_bound():
+    tracks = numbered_tracks(length=8000)
+    data = RemixDataset(tracks, LONG, tuple(STEMS), augment=False, speed=0.2)
+    mixes, targets = data.sample(np.random.default_rng(3), 32)
+    assert targets.shape == (32, 4, 2, LONG) and mixes.shape == (32, 2, LONG)
+    speeds = slopes(targets)
+    assert np.all((speeds > 0.79) & (speeds < 1.21))
+    assert speeds.min() < 0.9 and speeds.max() > 1.1  # the whole range is used
+    np.testing.assert_allclose(mixes, targets.sum(axis=1), rtol=1e-6)
+
+
+def test_a_coherent_example_changes_the_speed_of_all_its_stems_alike():
+    tracks = numbered_tracks(length=8000)
+    data = RemixDataset(tracks, LONG, tuple(STEMS), augment=False, coherent=1.0, speed=0.2)
+    _, targets = data.sample(np.random.default_rng(4), 16)
+    speeds = slopes(targets).reshape(16, 4)
+    np.testing.assert_allclose(speeds, speeds[:, :1].repeat(4, axis=1), rtol=1e-4)
+    assert np.ptp(speeds[:, 0]) > 0.1
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_a_speed_outside_0_1_is_refused(value):
+    with pytest.raises(ValueError, match="speed"):
+        RemixDataset(numbered_tracks(), SEGMENT, tuple(STEMS), speed=value)
+    with pytest.raises(ValueError, match="speed"):
+        TrainSettings(speed=value)
