@@ -81,13 +81,16 @@ def separate(
         help="Output path template below --out; keys {model} {track} {stem} {ext} {relpath}.",
     ),
     fmt: str = typer.Option("wav", "--format", help="wav, flac or mp3."),
-    bit_depth: int = typer.Option(16, "--bit-depth", help="16, 24 or 32 (32 = float, WAV only)."),
-    mp3_bitrate: int = typer.Option(
-        320,
+    bit_depth: Optional[int] = typer.Option(
+        None, "--bit-depth", help="16, 24 or 32 (32 = float, WAV only); WAV and FLAC (default 16)."
+    ),
+    mp3_bitrate: Optional[int] = typer.Option(
+        None,
         "--mp3-bitrate",
         min=8,
         max=320,
-        help="Constant MP3 bitrate in kb/s (at most 160 below 32 kHz, 64 below 16 kHz).",
+        help="Constant MP3 bitrate in kb/s (at most 160 below 32 kHz, 64 below 16 kHz). "
+        "Default 320.",
     ),
     clip: str = typer.Option(
         "rescale", "--clip", help="rescale (divide by the peak if above 1), clamp or none."
@@ -142,6 +145,7 @@ def separate(
     from sepcli import batch, checkpoints, progress
     from sepcli.audio import check_clip_mode, check_output_format
 
+    bit_depth, mp3_bitrate = _format_settings(fmt, bit_depth, mp3_bitrate)
     check_output_format(fmt, bit_depth)
     check_clip_mode(clip)
     loaded = checkpoints.load_model(model, config)
@@ -168,6 +172,21 @@ def separate(
         sys.stdout.write(json.dumps(doc) + "\n")
     if any(r.status == "failed" for r in results):
         raise typer.Exit(EXIT_FAILED)
+
+
+def _format_settings(fmt: str, bit_depth: int | None, mp3_bitrate: int | None) -> tuple[int, int]:
+    """Bit depth and MP3 bitrate with their defaults; a setting the format has no use for is an
+    error rather than silently dropped, so `--format mp3 --bit-depth 24` cannot look like it
+    wrote 24-bit files."""
+    from sepcli.audio import AudioError
+
+    if fmt == "mp3" and bit_depth is not None:
+        raise AudioError(
+            "--bit-depth does not apply to MP3 stems; --mp3-bitrate sets their quality"
+        )
+    if fmt != "mp3" and mp3_bitrate is not None:
+        raise AudioError(f"--mp3-bitrate applies to --format mp3 only, not {fmt}")
+    return bit_depth or 16, mp3_bitrate or 320
 
 
 def _demixer(loaded, segment, overlap, batch_size, shifts, tta, device, precision, on_retry=None):

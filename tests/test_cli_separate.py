@@ -144,6 +144,19 @@ def test_an_mp3_bitrate_out_of_range_is_refused(tmp_path, capsys, monkeypatch, t
     assert code == 2 and "--mp3-bitrate" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(("flags", "named"), [(("--format", "mp3", "--bit-depth", "24"), "--bit-depth"),
+                                             (("--format", "flac", "--mp3-bitrate", "128"), "--mp3-bitrate"),
+                                             (("--mp3-bitrate", "128"), "--mp3-bitrate")])  # fmt: skip
+def test_a_setting_the_output_format_has_no_use_for_is_refused(flags, named, tmp_path, capsys,
+                                                                monkeypatch, tiny_checkpoint):  # fmt: skip
+    write_tone(tmp_path / "in.wav", 0.2)
+    code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "in.wav", "-m", tiny_checkpoint,
+                       "-o", tmp_path / "out", *flags)  # fmt: skip
+    assert code == 2 and named in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_folder_recursion_mirrors_the_tree_and_one_bad_file_does_not_stop_the_batch(
     tmp_path, capsys, monkeypatch, tiny_checkpoint
 ):
