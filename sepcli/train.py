@@ -242,12 +242,13 @@ def train(
         checkpoints.load_init(model, loaded.model, str(init))
     if settings.loss == "sdr" and not model.differentiable_output:
         raise ValueError(f"--loss sdr cannot train {architecture}: its output is thresholded")
-    out.mkdir(parents=True, exist_ok=True)
     segment = int(round(settings.segment * model.sample_rate))
 
+    # The run folder is made once the data has loaded, so a wrong --musdb leaves nothing behind.
     cache = out / "cache"
     names, train_stems, rate = load_musdb_stems(musdb_root, "train", "train", is_wav, cache)
     _, valid_stems, _ = load_musdb_stems(musdb_root, "train", "valid", is_wav, cache)
+    out.mkdir(parents=True, exist_ok=True)
     if rate != model.sample_rate:
         # Models at another rate (the IBM-CNN works at 22.05 kHz) train and validate there.
         train_stems = resample_stems(train_stems, rate, model.sample_rate)

@@ -178,3 +178,17 @@ def test_init_from_a_shallower_mel_roformer_starts_from_its_exact_output(tmp_pat
     assert first_loss("same") != pytest.approx(first_loss("shallow"), rel=1e-3)
     meta = checkpoints.read_metadata(tmp_path / "grown" / "last.safetensors")
     assert meta["config"]["time_transformer_depth"] == 2
+
+
+def test_a_wrong_musdb_root_is_one_line_and_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
+    from tests.test_cli_separate import run as cli
+
+    (tmp_path / "music").mkdir()
+    out = tmp_path / "runs" / "x"
+    code, _, err = cli(capsys, monkeypatch, "train", "mel-roformer", "--musdb", tmp_path / "music",
+                       "--out", out, "-q")  # fmt: skip
+    assert code == 2
+    assert err.strip() == (
+        f"sepcli: error: no MUSDB tracks found in {tmp_path / 'music'} (subset train, split train)"
+    )
+    assert not out.exists() and not out.parent.exists()
