@@ -186,7 +186,7 @@ def _format_settings(fmt: str, bit_depth: int | None, mp3_bitrate: int | None) -
         )
     if fmt != "mp3" and mp3_bitrate is not None:
         raise AudioError(f"--mp3-bitrate applies to --format mp3 only, not {fmt}")
-    return bit_depth or 16, mp3_bitrate or 320
+    return (16 if bit_depth is None else bit_depth), (320 if mp3_bitrate is None else mp3_bitrate)
 
 
 def _demixer(loaded, segment, overlap, batch_size, shifts, tta, device, precision, on_retry=None):

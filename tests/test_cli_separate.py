@@ -146,8 +146,9 @@ def test_an_mp3_bitrate_out_of_range_is_refused(tmp_path, capsys, monkeypatch, t
 
 @pytest.mark.parametrize(("flags", "named"), [(("--format", "mp3", "--bit-depth", "24"), "--bit-depth"),
                                              (("--format", "flac", "--mp3-bitrate", "128"), "--mp3-bitrate"),
-                                             (("--mp3-bitrate", "128"), "--mp3-bitrate")])  # fmt: skip
-def test_a_setting_the_output_format_has_no_use_for_is_refused(flags, named, tmp_path, capsys,
+                                             (("--mp3-bitrate", "128"), "--mp3-bitrate"),
+                                             (("--bit-depth", "0"), "bit depth must be 16, 24 or 32")])  # fmt: skip
+def test_a_setting_the_output_format_cannot_use_is_refused(flags, named, tmp_path, capsys,
                                                                 monkeypatch, tiny_checkpoint):  # fmt: skip
     write_tone(tmp_path / "in.wav", 0.2)
     code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "in.wav", "-m", tiny_checkpoint,
