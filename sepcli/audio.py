@@ -220,6 +220,9 @@ def check_output_format(fmt: str, bit_depth: int) -> None:
         raise AudioError("FLAC stores at most 24 bits; use --bit-depth 16 or 24, or --format wav")
 
 
+DEFAULT_BIT_DEPTH = 16
+DEFAULT_MP3_KBPS = 320  # constant, as demucs writes
+
 # (lowest sample rate, lowest and highest kb/s) of MPEG-1, MPEG-2 and MPEG-2.5 layer III.
 MP3_BITRATES = ((32000, 32, 320), (16000, 8, 160), (0, 8, 64))
 
@@ -260,7 +263,7 @@ class StemWriter:
         fmt: str,
         bit_depth: int,
         clip: str,
-        mp3_bitrate: int = 320,
+        mp3_bitrate: int = DEFAULT_MP3_KBPS,
     ) -> None:
         check_output_format(fmt, bit_depth)
         check_clip_mode(clip)

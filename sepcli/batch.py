@@ -20,6 +20,8 @@ import numpy as np
 
 from sepcli.audio import (
     AUDIO_EXTENSIONS,
+    DEFAULT_BIT_DEPTH,
+    DEFAULT_MP3_KBPS,
     AudioError,
     AudioInfo,
     Resampler,
@@ -211,12 +213,12 @@ def plan_outputs(
 class SeparationOptions:
     stems: list[str]  # stems to write, including residuals such as no_vocals
     fmt: str = "wav"
-    bit_depth: int = 16
+    bit_depth: int = DEFAULT_BIT_DEPTH
     clip: str = "rescale"
     sample_rate: int | None = None
     downmix: bool = False
     overwrite: bool = False
-    mp3_bitrate: int = 320  # kb/s, constant
+    mp3_bitrate: int = DEFAULT_MP3_KBPS  # kb/s, constant
 
 
 def output_stems(

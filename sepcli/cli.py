@@ -178,7 +178,7 @@ def _format_settings(fmt: str, bit_depth: int | None, mp3_bitrate: int | None) -
     """Bit depth and MP3 bitrate with their defaults; a setting the format has no use for is an
     error rather than silently dropped, so `--format mp3 --bit-depth 24` cannot look like it
     wrote 24-bit files."""
-    from sepcli.audio import AudioError
+    from sepcli.audio import DEFAULT_BIT_DEPTH, DEFAULT_MP3_KBPS, AudioError
 
     if fmt == "mp3" and bit_depth is not None:
         raise AudioError(
@@ -186,7 +186,8 @@ def _format_settings(fmt: str, bit_depth: int | None, mp3_bitrate: int | None) -
         )
     if fmt != "mp3" and mp3_bitrate is not None:
         raise AudioError(f"--mp3-bitrate applies to --format mp3 only, not {fmt}")
-    return (16 if bit_depth is None else bit_depth), (320 if mp3_bitrate is None else mp3_bitrate)
+    bit_depth = DEFAULT_BIT_DEPTH if bit_depth is None else bit_depth
+    return bit_depth, DEFAULT_MP3_KBPS if mp3_bitrate is None else mp3_bitrate
 
 
 def _demixer(loaded, segment, overlap, batch_size, shifts, tta, device, precision, on_retry=None):
