@@ -54,6 +54,9 @@ class TrainSettings:
     silence_threshold: float | None = None
     coherent: float = 0.0  # fraction of real (unremixed) mixes; see RemixDataset
     speed: float = 0.0  # largest relative speed (tempo and pitch) change; see RemixDataset
+    # For a final model: the valid tracks join the training data. Validation still scores
+    # them, so it reads high and only tracks progress; judge the result on the test split.
+    train_on_valid: bool = False
     seed: int = 0
     precision: str = "auto"
     threads: int | None = None
@@ -249,6 +252,8 @@ def train(
     names, train_stems, rate = load_musdb_stems(musdb_root, "train", "train", is_wav, cache)
     _, valid_stems, _ = load_musdb_stems(musdb_root, "train", "valid", is_wav, cache)
     out.mkdir(parents=True, exist_ok=True)
+    if settings.train_on_valid:
+        train_stems = train_stems + valid_stems
     if rate != model.sample_rate:
         # Models at another rate (the IBM-CNN works at 22.05 kHz) train and validate there.
         train_stems = resample_stems(train_stems, rate, model.sample_rate)
@@ -292,7 +297,9 @@ def train(
         "cuda", enabled=device.type == "cuda" and settings.precision == "fp16"
     )
     provenance_base = {
-        "data": f"MUSDB18 {musdb_root.name} train split ({len(names)} tracks), remixed"
+        "data": f"MUSDB18 {musdb_root.name} train split ({len(names)} tracks"
+        + (f" and valid split ({len(valid_stems)} tracks)" if settings.train_on_valid else "")
+        + "), remixed"
         + (f" ({settings.coherent:.0%} real mixes)" if settings.coherent else "")
         + (f", speed changed by up to {settings.speed:.0%}" if settings.speed else ""),
         "seed": settings.seed,

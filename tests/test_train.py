@@ -192,3 +192,32 @@ def test_a_wrong_musdb_root_is_one_line_and_leaves_no_run_folder(tmp_path, capsy
         f"sepcli: error: no MUSDB tracks found in {tmp_path / 'music'} (subset train, split train)"
     )
     assert not out.exists() and not out.parent.exists()
+
+
+@pytest.mark.parametrize("on_valid", [False, True])
+def test_train_on_valid_adds_the_valid_tracks_to_the_remix_pool(tmp_path, monkeypatch, on_valid):
+    import sepcli.train as train_module
+
+    pools = []
+
+    class Recording(train_module.RemixDataset):
+        def __init__(self, stems, *args, **kwargs):
+            pools.append(stems)
+            super().__init__(stems, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "RemixDataset", Recording)
+    make_wav_musdb(tmp_path / "db")
+    settings = TrainSettings(steps=1, batch_size=1, segment=0.5, warmup=0, valid_every=1, seed=3,
+                             threads=1, train_on_valid=on_valid)  # fmt: skip
+    train("mel-roformer", tmp_path / "db", tmp_path / "run", TINY, settings, is_wav=True,
+          device_name="cpu", progress=False, log=lambda m: None)  # fmt: skip
+    # Two generated tracks fall in the train split, the one with a real valid-split name in valid;
+    # they differ in their vocal tone, so the pool's first samples tell them apart.
+    assert len(pools[0]) == (3 if on_valid else 2)
+    valid_vocal_hz = 440 + 60 * NAMES.index("Actions - One Minute Smile")
+    t = np.arange(200) / 44100
+    expected = np.float32(0.2 * np.sin(2 * np.pi * valid_vocal_hz * t)).astype(np.float16)
+    holds_valid = [np.allclose(s[0, 0, :200], expected, atol=1e-3) for s in pools[0]]
+    assert sum(holds_valid) == int(on_valid)
+    data = checkpoints.read_metadata(tmp_path / "run" / "last.safetensors")["provenance"]["data"]
+    assert ("and valid split (1 tracks)" in data) == on_valid
