@@ -38,6 +38,7 @@ class AudioInfo:
     sample_rate: int
     channels: int
     frames: int | None  # None when the decoder cannot tell in advance
+    decoder: str = "soundfile"  # soundfile | ffmpeg
 
     @property
     def duration(self) -> float | None:
@@ -65,6 +66,12 @@ def probe(path: Path) -> AudioInfo:
         try:
             info = sf.info(str(path))
         except (sf.LibsndfileError, RuntimeError) as err:
+            # Downloaders often name AAC or Opus audio ".mp3" or ".wav"; ffmpeg reads it anyway.
+            if ffmpeg_available():
+                try:
+                    return _ffprobe(path)
+                except AudioError:
+                    pass
             raise AudioError(
                 f"not a readable {path.suffix.lstrip('.').upper()} file ({_clean(err)})"
             )
@@ -78,7 +85,11 @@ def probe(path: Path) -> AudioInfo:
 
 def _clean(err: Exception) -> str:
     text = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-    return text.split(": ", 1)[-1] if text.startswith("Error opening") else text
+    text = text.split(": ", 1)[-1] if text.startswith("Error opening") else text
+    # libsndfile's MP3 reader says this of any file it finds no MP3 frames in.
+    if text.startswith("File does not exist or is not a regular file"):
+        return "no audio data recognised"
+    return text.rstrip(".")
 
 
 def _ffprobe(path: Path) -> AudioInfo:
@@ -103,12 +114,12 @@ def _ffprobe(path: Path) -> AudioInfo:
         raise AudioError(f"ffmpeg cannot read it ({reason})")
     duration = data.get("format", {}).get("duration")
     frames = round(float(duration) * rate) if duration not in (None, "N/A") else None
-    return AudioInfo(path, rate, channels, frames)
+    return AudioInfo(path, rate, channels, frames, decoder="ffmpeg")
 
 
 def read_blocks(info: AudioInfo, block_frames: int = BLOCK_FRAMES) -> Iterator[np.ndarray]:
     """Decode `info.path` block by block as float32 [channels, n] at the file's own rate."""
-    if _uses_soundfile(info.path):
+    if info.decoder == "soundfile":
         yield from _soundfile_blocks(info, block_frames)
     else:
         yield from _ffmpeg_blocks(info, block_frames)

@@ -80,6 +80,46 @@ def test_unreadable_inputs_fail_cleanly_and_name_the_file(name, tmp_path, capsys
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.wav"))
 
 
+needs_ffmpeg = pytest.mark.skipif(not audio.ffmpeg_available(), reason="needs ffmpeg")
+
+
+@needs_ffmpeg
+def test_aac_decodes_through_ffmpeg_even_when_named_mp3_or_wav(tmp_path, capsys, monkeypatch,
+                                                               tiny_checkpoint):  # fmt: skip
+    tone = write_tone(tmp_path / "tone.wav", 2.0)
+    subprocess.run(["ffmpeg", "-v", "error", "-i", tmp_path / "tone.wav", "-c:a", "aac", "-b:a",
+                    "192k", tmp_path / "song.m4a"], check=True)  # fmt: skip
+    for name in ("song.mp3", "song.wav"):  # as downloaders often name it
+        shutil.copy(tmp_path / "song.m4a", tmp_path / name)
+    decoded, rate = audio.load(tmp_path / "song.m4a")
+    assert rate == 44100 and decoded.shape[0] == 2
+    # AAC is lossy, but a 2 s tone at 192 kb/s comes back within a few percent.
+    frames = len(tone)
+    error = decoded[:, :frames] - tone.T
+    assert decoded.shape[1] >= frames and np.sqrt(np.mean(error**2)) < 0.02
+    for name in ("song.mp3", "song.wav"):
+        info = audio.probe(tmp_path / name)
+        assert info.decoder == "ffmpeg" and info.sample_rate == 44100
+        assert np.array_equal(audio.load(tmp_path / name)[0], decoded)
+    stems = []
+    for name in ("song.mp3", "song.m4a"):
+        code, doc, err = separate_json(capsys, monkeypatch, tiny_checkpoint, tmp_path / name[5:],
+                                       tmp_path / name)  # fmt: skip
+        assert code == 0, err
+        stems.append(sf.read(doc["tracks"][0]["outputs"]["vocals"], always_2d=True)[0])
+    assert stems[0].shape == (decoded.shape[1], 2) and np.array_equal(stems[0], stems[1])
+
+
+def test_an_mp3_without_mp3_frames_says_so(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+    path = tmp_path / "noise.mp3"
+    path.write_bytes(bytes(np.random.default_rng(0).integers(1, 255, 4000, dtype=np.uint8)))
+    code, doc, err = separate_json(capsys, monkeypatch, tiny_checkpoint, tmp_path / "out", path)
+    one_line_failure(code, doc, err, "noise.mp3", "not a readable MP3 file")
+    # libsndfile's own words for this ("File does not exist ...") would send the user looking
+    # for a file that is right there.
+    assert "does not exist" not in doc["tracks"][0]["error"]
+
+
 @pytest.mark.parametrize(("fmt", "subtype"), [("wav", "PCM_16"), ("flac", "PCM_16"), ("mp3", None)])
 def test_truncated_files_separate_what_is_there_or_fail_cleanly(fmt, subtype, tmp_path, capsys,
                                                                 monkeypatch, tiny_checkpoint):  # fmt: skip
