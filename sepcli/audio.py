@@ -62,6 +62,12 @@ def probe(path: Path) -> AudioInfo:
         raise AudioError("permission denied")
     if path.stat().st_size == 0:
         raise AudioError("empty file (0 bytes)")
+    if _mislabelled_mp3(path) and ffmpeg_available():
+        # libmpg123 would scan the whole file for MP3 frames, printing notes to stderr as it goes.
+        try:
+            return _ffprobe(path)
+        except AudioError:
+            raise AudioError("not a readable MP3 file (no MP3 header, and ffmpeg cannot read it)")
     if _uses_soundfile(path):
         try:
             info = sf.info(str(path))
@@ -81,6 +87,15 @@ def probe(path: Path) -> AudioInfo:
             raise AudioError("invalid header (zero rate or channels)")
         return AudioInfo(path, int(info.samplerate), int(info.channels), int(info.frames))
     return _ffprobe(path)
+
+
+def _mislabelled_mp3(path: Path) -> bool:
+    """A `.mp3` that starts with neither an ID3 tag nor an MPEG frame sync."""
+    if path.suffix.lower() != ".mp3":
+        return False
+    with open(path, "rb") as f:
+        head = f.read(3)
+    return not (head.startswith(b"ID3") or (len(head) >= 2 and head[0] == 0xFF and head[1] >= 0xE0))
 
 
 def _clean(err: Exception) -> str:
