@@ -297,9 +297,9 @@ def train(
         "cuda", enabled=device.type == "cuda" and settings.precision == "fp16"
     )
     provenance_base = {
-        "data": f"MUSDB18 {musdb_root.name} train split ({len(names)} tracks"
+        "data": f"MUSDB18 {musdb_root.name} train split ({len(names)} tracks)"
         + (f" and valid split ({len(valid_stems)} tracks)" if settings.train_on_valid else "")
-        + "), remixed"
+        + ", remixed"
         + (f" ({settings.coherent:.0%} real mixes)" if settings.coherent else "")
         + (f", speed changed by up to {settings.speed:.0%}" if settings.speed else ""),
         "seed": settings.seed,
