@@ -62,18 +62,19 @@ def probe(path: Path) -> AudioInfo:
         raise AudioError("permission denied")
     if path.stat().st_size == 0:
         raise AudioError("empty file (0 bytes)")
+    tried_ffmpeg = False
     if _mislabelled_mp3(path) and ffmpeg_available():
         # libmpg123 would scan the whole file for MP3 frames, printing notes to stderr as it goes.
         try:
             return _ffprobe(path)
         except AudioError:
-            raise AudioError("not a readable MP3 file (no MP3 header, and ffmpeg cannot read it)")
+            tried_ffmpeg = True  # libsndfile may still resync to frames after some junk
     if _uses_soundfile(path):
         try:
             info = sf.info(str(path))
         except (sf.LibsndfileError, RuntimeError) as err:
             # Downloaders often name AAC or Opus audio ".mp3" or ".wav"; ffmpeg reads it anyway.
-            if ffmpeg_available():
+            if ffmpeg_available() and not tried_ffmpeg:
                 try:
                     return _ffprobe(path)
                 except AudioError:

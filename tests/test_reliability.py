@@ -110,12 +110,8 @@ def test_aac_decodes_through_ffmpeg_even_when_named_mp3_or_wav(tmp_path, capsys,
     assert stems[0].shape == (decoded.shape[1], 2) and np.array_equal(stems[0], stems[1])
 
 
-@pytest.mark.parametrize(("head", "ffmpeg", "cause"), [
-    (b"", True, "no MP3 header, and ffmpeg cannot read it"),
-    (b"", False, "no audio data recognised"),
-    (b"\xff\xfb", True, "no audio data recognised"),  # a frame sync: libsndfile looks further
-])  # fmt: skip
-def test_an_mp3_without_mp3_frames_says_so(head, ffmpeg, cause, tmp_path, capsys, monkeypatch,
+@pytest.mark.parametrize(("head", "ffmpeg"), [(b"", True), (b"", False), (b"\xff\xfb", True)])
+def test_an_mp3_without_mp3_frames_says_so(head, ffmpeg, tmp_path, capsys, monkeypatch,
                                            tiny_checkpoint):  # fmt: skip
     if ffmpeg and not audio.ffmpeg_available():
         pytest.skip("needs ffmpeg")
@@ -124,7 +120,9 @@ def test_an_mp3_without_mp3_frames_says_so(head, ffmpeg, cause, tmp_path, capsys
     noise = np.random.default_rng(0).integers(1, 0xFF, 4000, dtype=np.uint8)
     path.write_bytes(head + bytes(noise))
     code, doc, err = separate_json(capsys, monkeypatch, tiny_checkpoint, tmp_path / "out", path)
-    one_line_failure(code, doc, err, "noise.mp3", f"not a readable MP3 file ({cause})")
+    one_line_failure(
+        code, doc, err, "noise.mp3", "not a readable MP3 file (no audio data recognised)"
+    )
     # libsndfile's own words for this ("File does not exist ...") would send the user looking
     # for a file that is right there.
     assert "does not exist" not in doc["tracks"][0]["error"]
