@@ -264,11 +264,11 @@ def test_irm2_on_real_previews_scores_far_above_the_mixture(tmp_path, capsys, mo
 @pytest.mark.skipif(not MUSDB_PREVIEWS.exists(), reason="MUSDB previews absent")
 def test_the_embedded_default_separates_real_music(tmp_path, capsys, monkeypatch):
     """Guards the shipped weights with their inference settings (3 s chunks, overlap 0.75, no
-    TTA): on 3 test previews the stage-13 weights score 2.71/4.43/2.75/1.51 dB global SDR
-    (vocals/drums/bass/other, average 2.85), where the mixture itself scores about -5 dB.
-    Stage 12 scored 2.90/4.76/2.97/1.63 (average 3.06) here; stage 13 ships for its validation
-    scores and museval medians (model card), so the bound is a floor for a working model, not
-    a ranking: a model with a broken stem or an engine that misplaces chunks fails it."""
+    TTA): on 3 test previews the shipped (stage-19) weights score 2.70/4.63/2.86/1.52 dB global
+    SDR (vocals/drums/bass/other, average 2.93), where the mixture itself scores about -5 dB.
+    Stage 13 scored 2.71/4.43/2.75/1.51 (average 2.85) here and stage 12 2.90/4.76/2.97/1.63
+    (3.06), though both score lower on all 25 (model card), so the bound is a floor for a working
+    model, not a ranking: a model with a broken stem or an engine that misplaces chunks fails it."""
     args = ["evaluate", "-m", "default", "--musdb", MUSDB_PREVIEWS, "--out", tmp_path, "-q"]
     for name in ["AM Contra - Heart Peripheral", "BKS - Bulldozer", "Buitraker - Revo X"]:
         args += ["--tracks", name]
