@@ -1,6 +1,7 @@
 """`sepcli separate`: outputs, naming, formats, resume, batch failures, JSON and exit codes."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -118,6 +119,31 @@ def test_formats_bit_depths_rates_and_subsets(tmp_path, capsys, monkeypatch, tin
     assert code == 0, err
     info = sf.info(tmp_path / "mp3" / "tiny" / "in" / "vocals.mp3")
     assert info.samplerate == 22050 and info.format == "MP3"
+
+
+def test_mp3_stems_line_up_with_the_wav_stems_sample_for_sample(tmp_path, capsys, monkeypatch,
+                                                                tiny_checkpoint):  # fmt: skip
+    """MP3 encoders delay the audio (about 25 ms for LAME) and pad the end; the stems carry the
+    gapless header that tells decoders to trim both, so a DAW or soundfile gets them aligned."""
+    rate = 44100
+    x = 0.05 * np.random.default_rng(0).standard_normal((3 * rate, 2))
+    x[::11025] += 0.8  # clicks, so that a shift of even one sample shows
+    sf.write(tmp_path / "in.wav", x, rate, subtype="FLOAT")
+    for fmt in ("wav", "mp3"):
+        code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "in.wav", "-m", tiny_checkpoint,
+                           "-o", tmp_path / fmt, "--format", fmt, "--stems", "drums")  # fmt: skip
+        assert code == 0, err
+    wav = sf.read(tmp_path / "wav" / "tiny" / "in" / "drums.wav")[0][:, 0]
+    decoded = {"soundfile": sf.read(tmp_path / "mp3" / "tiny" / "in" / "drums.mp3")[0][:, 0]}
+    if shutil.which("ffmpeg"):
+        raw = subprocess.run(["ffmpeg", "-v", "error", "-i", tmp_path / "mp3" / "tiny" / "in" / "drums.mp3",
+                              "-f", "f32le", "-"], capture_output=True, check=True).stdout  # fmt: skip
+        decoded["ffmpeg"] = np.frombuffer(raw, np.float32).reshape(-1, 2)[:, 0]
+    for decoder, mp3 in decoded.items():
+        assert mp3.shape == wav.shape, decoder
+        lags = np.arange(-2000, 2001)
+        corr = [np.dot(wav[2000:-2000], mp3[2000 + k : len(mp3) - 2000 + k]) for k in lags]
+        assert lags[int(np.argmax(corr))] == 0, decoder
 
 
 def kbps(path, seconds):
