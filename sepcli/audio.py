@@ -8,11 +8,13 @@ so a crash or Ctrl-C never leaves a half-written stem where a rerun would find i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,7 +73,8 @@ def probe(path: Path) -> AudioInfo:
             tried_ffmpeg = True  # libsndfile may still resync to frames after some junk
     if _uses_soundfile(path):
         try:
-            info = sf.info(str(path))
+            with _mpg123_notes_hidden(path):
+                info = sf.info(str(path))
         except (sf.LibsndfileError, RuntimeError) as err:
             # Downloaders often name AAC or Opus audio ".mp3" or ".wav"; ffmpeg reads it anyway.
             if ffmpeg_available() and not tried_ffmpeg:
@@ -97,6 +100,24 @@ def _mislabelled_mp3(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(3)
     return not (head.startswith(b"ID3") or (len(head) >= 2 and head[0] == 0xFF and head[1] >= 0xE0))
+
+
+@contextlib.contextmanager
+def _mpg123_notes_hidden(path: Path) -> Iterator[None]:
+    """Opening a damaged MP3, libmpg123 writes notes ("Trying to resync...") straight to file
+    descriptor 2, around Python; the one-line error that follows says all they do."""
+    if path.suffix.lower() != ".mp3":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _clean(err: Exception) -> str:

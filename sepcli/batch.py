@@ -180,10 +180,12 @@ def plan_outputs(
                     stem=stem,
                     ext=ext,
                     relpath=track.relpath,
+                    trackext=track.path.suffix.lstrip("."),
                 )
             except (KeyError, IndexError, ValueError) as err:
                 raise UsageError(
-                    f"bad --name template {template!r} ({err}); keys: {{model}} {{track}} {{stem}} {{ext}} {{relpath}}"
+                    f"bad --name template {template!r} ({err}); keys: {{model}} {{track}} "
+                    "{trackext} {stem} {ext} {relpath}"
                 )
             if os.path.isabs(relative):
                 raise UsageError(
@@ -195,18 +197,26 @@ def plan_outputs(
             if target in inputs:
                 raise UsageError(f"output {target} would overwrite an input file")
             if target in owners and owners[target] != track.path:
-                # {relpath} only tells apart files found in one folder walk; files of the same
-                # name given one by one (or in two folders) need a walk of a common folder.
-                advice = (
-                    "give a folder that holds both, with -r, or a separate --out for each"
-                    if "{relpath}" in template
-                    else "use a --name template with {relpath}"
-                )
                 raise UsageError(
-                    f"{owners[target]} and {track.path} would both write {target}; {advice}"
+                    f"{owners[target]} and {track.path} would both write {target}; "
+                    + _collision_advice(owners[target], track.path, template)
                 )
             owners[target] = track.path
             track.outputs[stem] = target
+
+
+def _collision_advice(first: Path, second: Path, template: str) -> str:
+    """How to tell two tracks' outputs apart, given why their names met."""
+    if first.parent == second.parent and track_name(first) == track_name(second):
+        # song.wav and song.flac side by side: only the extension differs.
+        return (
+            "add {trackext} to the --name template, e.g. {model}/{relpath}_{trackext}/{stem}.{ext}"
+        )
+    if "{relpath}" not in template:
+        return "use a --name template with {relpath}"
+    # {relpath} only tells apart files found in one folder walk; files of the same name given
+    # one by one (or in two folders) need a walk of a common folder.
+    return "give a folder that holds both, with -r, or a separate --out for each"
 
 
 @dataclasses.dataclass

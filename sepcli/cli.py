@@ -78,7 +78,11 @@ def separate(
     name: str = typer.Option(
         "{model}/{relpath}/{stem}.{ext}",
         "--name",
-        help="Output path template below --out; keys {model} {track} {stem} {ext} {relpath}.",
+        help=(
+            "Output path template below --out. Keys: {model}; {track}, the input's name without"
+            " its extension; {trackext}, that extension; {relpath}, its path below the folder"
+            " given, without the extension; {stem}; {ext}, the output format."
+        ),
     ),
     fmt: str = typer.Option("wav", "--format", help="wav, flac or mp3."),
     bit_depth: Optional[int] = typer.Option(

@@ -288,6 +288,23 @@ def test_two_inputs_writing_the_same_output_are_an_error_before_any_work(
     assert code == 2 and "use a --name template with {relpath}" in err
 
 
+def test_same_named_files_in_one_folder_are_told_apart_by_trackext(
+    tmp_path, capsys, monkeypatch, tiny_checkpoint
+):
+    write_tone(tmp_path / "song.wav", 0.2)
+    sf.write(tmp_path / "song.flac", sf.read(tmp_path / "song.wav")[0][:4410], 44100)
+    code, _, err = run(capsys, monkeypatch, "separate", tmp_path, "-m", tiny_checkpoint,
+                       "-o", tmp_path / "o")  # fmt: skip
+    assert code == 2 and "would both write" in err and "{trackext}" in err
+    assert not (tmp_path / "o").exists()
+    # The advice works, and each stem comes from its own input (the FLAC is the shorter one).
+    code, _, err = run(capsys, monkeypatch, "separate", tmp_path, "-m", tiny_checkpoint, "-o",
+                       tmp_path / "o", "--name", "{model}/{relpath}_{trackext}/{stem}.{ext}", "-q")  # fmt: skip
+    assert code == 0, err
+    assert sf.info(tmp_path / "o" / "tiny" / "song_wav" / "vocals.wav").frames == 8820
+    assert sf.info(tmp_path / "o" / "tiny" / "song_flac" / "vocals.wav").frames == 4410
+
+
 def test_usage_errors_are_one_line_with_exit_code_2(tmp_path, capsys, monkeypatch, tiny_checkpoint):
     write_tone(tmp_path / "s.wav", 0.2)
     for args in (["separate", tmp_path / "missing.wav", "-m", tiny_checkpoint],
