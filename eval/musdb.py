@@ -77,9 +77,34 @@ def _safe(name: str) -> str:
     return name.replace("/", "_")
 
 
+def check_subset(subset: str, split: str | None) -> None:
+    """musdb itself takes any split name as "all tracks" and rejects a test split mid-run."""
+    if subset not in ("train", "test"):
+        raise ValueError(f"unknown subset '{subset}' (use test or train)")
+    if split is not None and split not in ("train", "valid"):
+        raise ValueError(f"unknown split '{split}' (use train or valid)")
+    if split is not None and subset != "train":
+        raise ValueError(f"--split {split} needs --subset train (the valid split is part of train)")
+
+
+def layout_hint(root: Path, subset: str, is_wav: bool) -> str:
+    """Why `root` gave no tracks, when the other MUSDB layout (or no subset folder) explains it."""
+    folder = Path(root) / subset
+    if not folder.is_dir():
+        return f": there is no folder {folder}"
+    stem_files = any(folder.glob("*.stem.mp4"))
+    wav_folders = any(folder.glob("*/mixture.wav"))
+    if is_wav and stem_files and not wav_folders:
+        return ": it holds .stem.mp4 files (MUSDB18); drop --is-wav"
+    if not is_wav and wav_folders and not stem_files:
+        return ": it holds folders of WAV stems (MUSDB18-HQ); add --is-wav"
+    return ""
+
+
 def musdb_tracks(root: Path, subset: str, split: str | None, is_wav: bool, names: list[str] | None):
     import musdb  # lazy: stempeg refuses to import without ffmpeg
 
+    check_subset(subset, split)
     db = musdb.DB(root=str(root), subsets=subset, split=split, is_wav=is_wav)
     tracks = list(db)
     if names:
@@ -88,7 +113,9 @@ def musdb_tracks(root: Path, subset: str, split: str | None, is_wav: bool, names
             raise ValueError(f"track(s) not in {root} ({subset}): {', '.join(missing)}")
         tracks = [t for t in tracks if t.name in names]
     if not tracks:
-        raise ValueError(f"no MUSDB tracks found in {root} (subset {subset})")
+        raise ValueError(
+            f"no MUSDB tracks found in {root} (subset {subset}){layout_hint(root, subset, is_wav)}"
+        )
     return tracks
 
 

@@ -294,6 +294,7 @@ def evaluate(
         raise UsageError("--musdb ROOT is required")
     if (model is None) == (oracle is None):
         raise UsageError("give either -m MODEL or --oracle irm2|irm1|ibm|mix")
+    runner.check_subset(subset, split)
     settings = {"subset": subset, "split": split, "is_wav": is_wav}
     if oracle is not None:
         label = f"oracle-{oracle}"

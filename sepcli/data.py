@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import soxr
 
+from eval.musdb import check_subset, layout_hint
+
 STEMS = ("vocals", "drums", "bass", "other")
 
 
@@ -34,9 +36,13 @@ def load_musdb_stems(
         names = (cache / "names.txt").read_text().splitlines()
         stems = [np.load(cache / f"{i}.npy").astype(np.float32) for i in range(len(names))]
         return names, stems, 44100
+    check_subset(subset, split)
     db = musdb.DB(root=str(root), subsets=subset, split=split, is_wav=is_wav)
     if len(db) == 0:
-        raise ValueError(f"no MUSDB tracks found in {root} (subset {subset}, split {split})")
+        raise ValueError(
+            f"no MUSDB tracks found in {root} (subset {subset}, split {split})"
+            + layout_hint(root, subset, is_wav)
+        )
     names, stems, rate = [], [], 44100
     for track in db:
         names.append(track.name)

@@ -214,11 +214,40 @@ def test_a_wrong_musdb_root_is_one_line_and_writes_no_results_folder(tmp_path, c
     code, io = run(capsys, monkeypatch, "evaluate", "--oracle", "irm2", "--musdb", tmp_path / "music",
                    "--out", out, "-q")  # fmt: skip
     assert code == 2
-    assert (
-        io.err.strip()
-        == f"sepcli: error: no MUSDB tracks found in {tmp_path / 'music'} (subset test)"
+    assert io.err.strip() == (
+        f"sepcli: error: no MUSDB tracks found in {tmp_path / 'music'} (subset test): "
+        f"there is no folder {tmp_path / 'music' / 'test'}"
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("layout", "args", "error"),
+    [
+        ("wav", [], "it holds folders of WAV stems (MUSDB18-HQ); add --is-wav"),
+        ("stem", ["--is-wav"], "it holds .stem.mp4 files (MUSDB18); drop --is-wav"),
+        ("wav", ["--is-wav", "--subset", "tests"], "unknown subset 'tests' (use test or train)"),
+        (
+            "wav",
+            ["--is-wav", "--subset", "train", "--split", "validation"],
+            "unknown split 'validation' (use train or valid)",
+        ),  # fmt: skip
+        ("wav", ["--is-wav", "--split", "valid"], "--split valid needs --subset train"),
+    ],
+)
+def test_the_wrong_layout_flag_or_subset_says_what_to_change(
+    tmp_path, capsys, monkeypatch, layout, args, error
+):
+    if layout == "wav":
+        make_wav_musdb(tmp_path, tracks=1, seconds=0.5)
+    else:
+        (tmp_path / "test").mkdir()
+        (tmp_path / "test" / "Song 0.stem.mp4").write_bytes(b"")
+    out = tmp_path / "res"
+    code, io = run(capsys, monkeypatch, "evaluate", "--oracle", "mix", "--musdb", tmp_path,
+                   "--out", out, "-q", *args)  # fmt: skip
+    assert code == 2 and io.err.startswith("sepcli: error: ") and error in io.err, io.err
+    assert len(io.err.strip().splitlines()) == 1 and not out.exists()
 
 
 def test_oracle_masks_sum_to_the_mixture():

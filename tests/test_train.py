@@ -190,8 +190,16 @@ def test_a_wrong_musdb_root_is_one_line_and_leaves_no_run_folder(tmp_path, capsy
     assert code == 2
     assert err.strip() == (
         f"sepcli: error: no MUSDB tracks found in {tmp_path / 'music'} (subset train, split train)"
+        f": there is no folder {tmp_path / 'music' / 'train'}"
     )
     assert not out.exists() and not out.parent.exists()
+    # MUSDB18-HQ stems without --is-wav: the error names the flag.
+    (tmp_path / "music" / "train" / "Song").mkdir(parents=True)
+    sf.write(tmp_path / "music" / "train" / "Song" / "mixture.wav", np.zeros((100, 2)), 44100)
+    code, _, err = cli(capsys, monkeypatch, "train", "mel-roformer", "--musdb", tmp_path / "music",
+                       "--out", out, "-q")  # fmt: skip
+    assert code == 2 and err.strip().endswith("add --is-wav"), err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("on_valid", [False, True])
