@@ -330,8 +330,10 @@ def evaluate(
     out = out or Path("results") / label
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    # Off on a pipe: there rich draws nothing until it stops, and then a stray blank line.
     progress = Progress(TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                        console=err_console, transient=True, disable=quiet)  # fmt: skip
+                        console=err_console, transient=True,
+                        disable=quiet or not err_console.is_terminal)  # fmt: skip
     sdrs: list[float] = []
     with progress:
         task = progress.add_task("evaluate", total=None, info="")
