@@ -207,7 +207,8 @@ def plan_outputs(
 
 def _collision_advice(first: Path, second: Path, template: str) -> str:
     """How to tell two tracks' outputs apart, given why their names met."""
-    if first.parent == second.parent and track_name(first) == track_name(second):
+    same_folder = first.parent == second.parent
+    if same_folder and track_name(first) == track_name(second) and "{trackext}" not in template:
         # song.wav and song.flac side by side: only the extension differs.
         return (
             "add {trackext} to the --name template, e.g. {model}/{relpath}_{trackext}/{stem}.{ext}"
