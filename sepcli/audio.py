@@ -268,6 +268,25 @@ def check_output_format(fmt: str, bit_depth: int) -> None:
         raise AudioError("FLAC stores at most 24 bits; use --bit-depth 16 or 24, or --format wav")
 
 
+# MPEG-1, 2 and 2.5 layer III define these rates only; FLAC's frame header stops at 655350 Hz.
+MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+FLAC_MAX_SAMPLE_RATE = 655350
+
+
+def check_output_rate(fmt: str, rate: int, given: bool = True) -> None:
+    """Refuse a rate the format cannot store before any separating, not after it.
+
+    `given` says whether the rate came from `--sample-rate` or from the input file; the advice
+    differs.
+    """
+    fix = "" if given else "; set one with --sample-rate"
+    if fmt == "mp3" and rate not in MP3_SAMPLE_RATES:
+        rates = ", ".join(str(r) for r in MP3_SAMPLE_RATES)
+        raise AudioError(f"MP3 cannot store {rate} Hz (only {rates}){fix}")
+    if fmt == "flac" and rate > FLAC_MAX_SAMPLE_RATE:
+        raise AudioError(f"FLAC cannot store {rate} Hz (at most {FLAC_MAX_SAMPLE_RATE}){fix}")
+
+
 DEFAULT_BIT_DEPTH = 16
 DEFAULT_MP3_KBPS = 320  # constant, as demucs writes
 

@@ -28,6 +28,7 @@ from sepcli.audio import (
     StemWriter,
     adapt_channels,
     check_output_format,
+    check_output_rate,
     probe,
     read_blocks,
 )
@@ -237,12 +238,14 @@ def output_stems(
 ) -> list[str]:
     """Which stems to write: all sources by default (plus the residual for one-source models)."""
     if two_stems is not None:
-        if stems:
+        if stems is not None:
             raise UsageError("use either --stems or --two-stems, not both")
         if two_stems not in sources:
             raise UsageError(f"--two-stems {two_stems}: the model has {', '.join(sources)}")
         return [two_stems, f"no_{two_stems}"]
     available = list(sources) + [f"no_{s}" for s in sources]
+    if stems == []:
+        raise UsageError(f"--stems names no stem; the model has {', '.join(sources)}")
     if stems:
         unknown = [s for s in stems if s not in available]
         if unknown:
@@ -283,6 +286,7 @@ def separate_track(
             f"{info.channels} channels: only mono and stereo are separated (use --downmix)"
         )
     out_rate = options.sample_rate if options.sample_rate is not None else info.sample_rate
+    check_output_rate(options.fmt, out_rate, given=options.sample_rate is not None)
     out_channels = 1 if info.channels == 1 else model.audio_channels
     to_model = Resampler(info.sample_rate, model.sample_rate, model.audio_channels)
     stems = options.stems

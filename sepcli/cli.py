@@ -60,7 +60,8 @@ def _root(
 
 
 def _split_csv(value: Optional[str]) -> Optional[list[str]]:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+    """The comma-separated names; an option given empty is [], not None (= not given)."""
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
 @app.command()
@@ -135,7 +136,10 @@ def separate(
         "default: the model's).",
     ),
     sample_rate: Optional[int] = typer.Option(
-        None, "--sample-rate", min=1, help="Output rate in Hz (default: the input's)."
+        None,
+        "--sample-rate",
+        min=8000,
+        help="Output rate in Hz, at least 8000 (default: the input's).",
     ),
     downmix: bool = typer.Option(
         False, "--downmix", help="Downmix inputs with more than 2 channels."
@@ -147,10 +151,12 @@ def separate(
 ) -> None:
     """Separate songs into stems: separated/<model>/<track>/<stem>.wav by default."""
     from sepcli import batch, checkpoints, progress
-    from sepcli.audio import check_clip_mode, check_output_format
+    from sepcli.audio import check_clip_mode, check_output_format, check_output_rate
 
     bit_depth, mp3_bitrate = _format_settings(fmt, bit_depth, mp3_bitrate)
     check_output_format(fmt, bit_depth)
+    if sample_rate is not None:
+        check_output_rate(fmt, sample_rate)
     check_clip_mode(clip)
     loaded = checkpoints.load_model(model, config)
     outputs = batch.output_root(out, name, loaded.name)

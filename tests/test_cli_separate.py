@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,10 +171,36 @@ def test_an_mp3_bitrate_out_of_range_is_refused(tmp_path, capsys, monkeypatch, t
     assert code == 2 and "--mp3-bitrate" in err and "Traceback" not in err
 
 
+def test_an_input_rate_mp3_cannot_store_fails_that_track_only_and_says_what_to_set(
+    tmp_path, capsys, monkeypatch, tiny_checkpoint
+):
+    # These used to fail only after the track was separated, when the encoder refused the rate.
+    (tmp_path / "music").mkdir()
+    write_tone(tmp_path / "music" / "hi.wav", 0.3, rate=96000)
+    write_tone(tmp_path / "music" / "cd.wav", 0.3)
+    code, out, err = run(capsys, monkeypatch, "separate", tmp_path / "music", "-m", tiny_checkpoint,
+                         "-o", tmp_path / "out", "--format", "mp3", "--json")  # fmt: skip
+    tracks = {Path(t["input"]).name: t for t in json.loads(out)["tracks"]}
+    assert code == 1 and tracks["cd.wav"]["status"] == "done"
+    assert tracks["hi.wav"]["error"].startswith("MP3 cannot store 96000 Hz")
+    assert tracks["hi.wav"]["error"].endswith("set one with --sample-rate")
+    assert not (tmp_path / "out" / "tiny" / "hi").exists()
+    code, out, _ = run(capsys, monkeypatch, "separate", tmp_path / "music" / "hi.wav", "-m", tiny_checkpoint,
+                       "-o", tmp_path / "out", "--format", "mp3", "--sample-rate", "48000")  # fmt: skip
+    assert (
+        code == 0 and sf.info(tmp_path / "out" / "tiny" / "hi" / "vocals.mp3").samplerate == 48000
+    )
+
+
 @pytest.mark.parametrize(("flags", "named"), [(("--format", "mp3", "--bit-depth", "24"), "--bit-depth"),
                                              (("--format", "flac", "--mp3-bitrate", "128"), "--mp3-bitrate"),
                                              (("--mp3-bitrate", "128"), "--mp3-bitrate"),
-                                             (("--bit-depth", "0"), "bit depth must be 16, 24 or 32")])  # fmt: skip
+                                             (("--bit-depth", "0"), "bit depth must be 16, 24 or 32"),
+                                             (("--format", "mp3", "--sample-rate", "96000"), "MP3 cannot store 96000 Hz"),
+                                             (("--format", "flac", "--sample-rate", "700000"), "FLAC cannot store 700000 Hz"),
+                                             (("--stems", ","), "--stems names no stem"),
+                                             (("--stems", ""), "--stems names no stem"),
+                                             (("--stems", "", "--two-stems", "vocals"), "either --stems or --two-stems")])  # fmt: skip
 def test_a_setting_the_output_format_cannot_use_is_refused(flags, named, tmp_path, capsys,
                                                                 monkeypatch, tiny_checkpoint):  # fmt: skip
     write_tone(tmp_path / "in.wav", 0.2)
@@ -322,7 +349,8 @@ def test_usage_errors_are_one_line_with_exit_code_2(tmp_path, capsys, monkeypatc
     "flag, value, says",
     [("--segment", "0", "--segment"), ("--segment", "0.05", "--segment"),
      ("--batch-size", "0", "--batch-size"), ("--shifts", "-1", "--shifts"),
-     ("--sample-rate", "0", "--sample-rate"), ("--clip", "loud", "unknown clip mode 'loud'")],
+     ("--sample-rate", "0", "--sample-rate"), ("--sample-rate", "7999", "--sample-rate"),
+     ("--clip", "loud", "unknown clip mode 'loud'")],
 )  # fmt: skip
 def test_out_of_range_settings_are_refused_before_any_work(
     tmp_path, capsys, monkeypatch, tiny_checkpoint, flag, value, says
