@@ -102,6 +102,8 @@ def load_preset(architecture: str, preset: str | Path | None) -> dict[str, Any]:
     if preset is None:
         preset = "small"
     path = Path(preset)
+    if not path.exists() and (path.suffix in (".yaml", ".yml") or len(path.parts) > 1):
+        raise checkpoints.CheckpointError(f"config file {preset} does not exist")
     if not path.exists():
         path = checkpoints.PRESETS_DIR / f"{architecture}-{preset}.yaml"
         if not path.exists():
@@ -147,6 +149,15 @@ def _refuse_to_overwrite_a_run(out: Path) -> None:
             f"{out} already holds a training run ({', '.join(found)}); continue it with "
             "--resume, or give a new --out"
         )
+
+
+def _refuse_a_file_in_the_way(out: Path) -> None:
+    """A file at --out, or at a folder above it, would only fail at the first cache write."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise ValueError(f"--out {out}: {path} is a file, not a folder")
+            return
 
 
 def lr_factor(step: int, settings: TrainSettings) -> float:
@@ -223,6 +234,7 @@ def train(
     `--resume` continues); Ctrl-C does the same.
     """
     out = Path(out)
+    _refuse_a_file_in_the_way(out)
     if not resume:
         _refuse_to_overwrite_a_run(out)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1

@@ -202,6 +202,34 @@ def test_a_wrong_musdb_root_is_one_line_and_leaves_no_run_folder(tmp_path, capsy
     assert not out.exists()
 
 
+def test_a_missing_config_file_and_an_out_that_is_a_file_are_one_line_errors(
+    tmp_path, capsys, monkeypatch
+):
+    from tests.test_cli_separate import run as cli
+
+    make_wav_musdb(tmp_path / "music")
+    base = ("train", "mel-roformer", "--musdb", tmp_path / "music", "-q")
+    missing = tmp_path / "presets" / "mine.yaml"
+    code, _, err = cli(capsys, monkeypatch, *base, "--out", tmp_path / "r", "--config", missing)
+    assert (code, err.strip()) == (2, f"sepcli: error: config file {missing} does not exist")
+    code, _, err = cli(capsys, monkeypatch, *base, "--out", tmp_path / "r", "--config", "huge")
+    assert code == 2 and "no preset" in err and "huge" in err, err
+    (tmp_path / "taken").write_text("keep me")
+    code, _, err = cli(capsys, monkeypatch, *base, "--out", tmp_path / "taken")
+    taken = tmp_path / "taken"
+    assert (code, err.strip()) == (
+        2,
+        f"sepcli: error: --out {taken}: {taken} is a file, not a folder",
+    )
+    code, _, err = cli(capsys, monkeypatch, *base, "--out", taken / "run")
+    assert (code, err.strip()) == (
+        2,
+        f"sepcli: error: --out {taken / 'run'}: {taken} is a file, not a folder",
+    )
+    assert taken.read_text() == "keep me"
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("on_valid", [False, True])
 def test_train_on_valid_adds_the_valid_tracks_to_the_remix_pool(tmp_path, monkeypatch, on_valid):
     import sepcli.train as train_module
