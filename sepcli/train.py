@@ -102,9 +102,9 @@ def load_preset(architecture: str, preset: str | Path | None) -> dict[str, Any]:
     if preset is None:
         preset = "small"
     path = Path(preset)
-    if not path.exists() and (path.suffix in (".yaml", ".yml") or len(path.parts) > 1):
-        raise checkpoints.CheckpointError(f"config file {preset} does not exist")
     if not path.exists():
+        if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+            raise checkpoints.CheckpointError(f"config file {preset} does not exist")
         path = checkpoints.PRESETS_DIR / f"{architecture}-{preset}.yaml"
         if not path.exists():
             names = ", ".join(checkpoints.list_presets().get(architecture, []))

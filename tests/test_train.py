@@ -214,9 +214,9 @@ def test_a_missing_config_file_and_an_out_that_is_a_file_are_one_line_errors(
     assert (code, err.strip()) == (2, f"sepcli: error: config file {missing} does not exist")
     code, _, err = cli(capsys, monkeypatch, *base, "--out", tmp_path / "r", "--config", "huge")
     assert code == 2 and "no preset" in err and "huge" in err, err
-    (tmp_path / "taken").write_text("keep me")
-    code, _, err = cli(capsys, monkeypatch, *base, "--out", tmp_path / "taken")
     taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    code, _, err = cli(capsys, monkeypatch, *base, "--out", taken)
     assert (code, err.strip()) == (
         2,
         f"sepcli: error: --out {taken}: {taken} is a file, not a folder",
