@@ -54,6 +54,7 @@ class TrainSettings:
     silence_threshold: float | None = None
     coherent: float = 0.0  # fraction of real (unremixed) mixes; see RemixDataset
     speed: float = 0.0  # largest relative speed (tempo and pitch) change; see RemixDataset
+    mixup: float = 0.0  # chance a stem is the sum of two tracks' segments; see RemixDataset
     # For a final model: the valid tracks join the training data. Validation still scores
     # them, so it reads high and only tracks progress; judge the result on the test split.
     train_on_valid: bool = False
@@ -79,6 +80,8 @@ class TrainSettings:
             raise ValueError(f"coherent must be in [0, 1], got {self.coherent}")
         if not 0 <= self.speed < 1:
             raise ValueError(f"speed must be in [0, 1), got {self.speed}")
+        if not 0 <= self.mixup <= 1:
+            raise ValueError(f"mixup must be in [0, 1], got {self.mixup}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
 
@@ -277,6 +280,7 @@ def train(
         settings.silence_threshold,
         coherent=settings.coherent,
         speed=settings.speed,
+        mixup=settings.mixup,
     )
 
     optimizer = torch.optim.AdamW(
@@ -313,7 +317,8 @@ def train(
         + (f" and valid split ({len(valid_stems)} tracks)" if settings.train_on_valid else "")
         + ", remixed"
         + (f" ({settings.coherent:.0%} real mixes)" if settings.coherent else "")
-        + (f", speed changed by up to {settings.speed:.0%}" if settings.speed else ""),
+        + (f", speed changed by up to {settings.speed:.0%}" if settings.speed else "")
+        + (f", {settings.mixup:.0%} of stems summed from two tracks" if settings.mixup else ""),
         "seed": settings.seed,
         "world_size": dist.get_world_size() if dist.is_initialized() else 1,
         "training": dataclasses.asdict(settings),

@@ -1,4 +1,4 @@
-"""RemixDataset: remixed and coherent (real-mix) training examples, speed changes."""
+"""RemixDataset: remixed and coherent (real-mix) training examples, speed changes, mixup."""
 
 import numpy as np
 import pytest
@@ -86,10 +86,53 @@ def test_a_coherent_example_changes_the_speed_of_all_its_stems_alike():
     assert np.ptp(speeds[:, 0]) > 0.1
 
 
+def segments_summed(targets: np.ndarray) -> np.ndarray:
+    """How many numbered segments make each stem: each adds 1 to its slope over time."""
+    return np.rint(targets[..., 0, 1] - targets[..., 0, 0]).astype(int)
+
+
+def test_mixup_sums_two_segments_of_the_same_stem_from_random_tracks():
+    tracks = numbered_tracks()
+    for stem in range(len(STEMS)):
+        tracks[0][stem] += stem * 1_000_000  # the stem index shows in the sum too
+    data = RemixDataset(tracks, SEGMENT, tuple(STEMS), augment=False, mixup=1.0)
+    mixes, targets = data.sample(np.random.default_rng(0), 32)
+    assert np.all(segments_summed(targets) == 2)
+    np.testing.assert_allclose(mixes, targets.sum(axis=1))
+    # Each stem holds only segments of itself: the stem offset appears 0, 1 or 2 times.
+    for stem in range(len(STEMS)):
+        first = targets[:, stem, 0, 0]
+        copies = np.rint(first / 1_000_000).astype(int) if stem else np.zeros(32, int)
+        assert set(np.unique(copies)) <= {0, stem, 2 * stem}
+        pairs = [int(v) % 1_000_000 // 10_000 for v in first]  # sum of two (track + 1)s
+        assert all(2 <= p <= 12 for p in pairs)
+        assert len(set(pairs)) > 3  # the two tracks are drawn independently
+
+
+def test_mixup_probability_sets_the_share_of_summed_stems_and_spares_real_mixes():
+    data = RemixDataset(numbered_tracks(), SEGMENT, tuple(STEMS), augment=False, mixup=0.3)
+    _, targets = data.sample(np.random.default_rng(1), 200)
+    share = np.mean(segments_summed(targets) == 2)
+    assert 0.25 < share < 0.35 and set(np.unique(segments_summed(targets))) == {1, 2}
+    real = RemixDataset(
+        numbered_tracks(), SEGMENT, tuple(STEMS), augment=False, coherent=1.0, mixup=1.0
+    )
+    _, targets = real.sample(np.random.default_rng(1), 16)
+    assert np.all(segments_summed(targets) == 1)
+
+
 @pytest.mark.parametrize(
-    ("name", "value"), [("coherent", -0.1), ("coherent", 1.5), ("speed", -0.1), ("speed", 1.0)]
+    ("name", "value"),
+    [
+        ("coherent", -0.1),
+        ("coherent", 1.5),
+        ("speed", -0.1),
+        ("speed", 1.0),
+        ("mixup", -0.1),
+        ("mixup", 1.5),
+    ],
 )
-def test_a_coherent_fraction_or_speed_out_of_range_is_refused(name, value):
+def test_a_coherent_fraction_speed_or_mixup_out_of_range_is_refused(name, value):
     with pytest.raises(ValueError, match=name):
         RemixDataset(numbered_tracks(), SEGMENT, tuple(STEMS), **{name: value})
     with pytest.raises(ValueError, match=name):
