@@ -46,17 +46,28 @@ def _on_signal(signum, frame) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
 
+def _print_version(value: bool) -> None:
+    # Eager, so it runs while the options are parsed: a plain flag would only be seen once a
+    # command was given, and `sepcli --version` alone failed with "Missing command".
+    if value:
+        typer.echo(f"sepcli {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(
         False, "--debug", help="Show tracebacks instead of one-line errors."
     ),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the version and exit.",
+    ),
 ) -> None:
     DEBUG["on"] = debug
-    if version:
-        typer.echo(f"sepcli {__version__}")
-        raise typer.Exit()
 
 
 def _split_csv(value: Optional[str]) -> Optional[list[str]]:
@@ -548,5 +559,6 @@ def main() -> None:
         if DEBUG["on"]:
             raise
         message, code = describe(err)
-        err_console.print(f"sepcli: error: {message}", soft_wrap=True)
+        if message:
+            err_console.print(f"sepcli: error: {message}", soft_wrap=True)
         sys.exit(code)

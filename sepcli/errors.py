@@ -11,9 +11,11 @@ USAGE = 2
 
 
 def describe(err: BaseException) -> tuple[str, int]:
-    """(message, exit code) for an error that reached the top of the CLI."""
+    """(message, exit code) for an error that reached the top of the CLI; message may be ""."""
     if hasattr(err, "format_message") and hasattr(err, "exit_code"):
         # click's (or typer's bundled click's) usage errors: bad option, missing argument...
+        if not err.format_message():
+            return "", USAGE  # `sepcli` alone: the help is the whole answer
         ctx = getattr(err, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         return err.format_message() + hint, USAGE

@@ -402,6 +402,18 @@ def test_help_works_through_python_dash_m():
         assert command in result.stdout
 
 
+def test_version_prints_alone_and_no_arguments_show_the_help_without_an_empty_error(
+    capsys, monkeypatch
+):
+    from sepcli import __version__
+
+    code, out, err = run(capsys, monkeypatch, "--version")
+    assert (code, out, err) == (0, f"sepcli {__version__}\n", "")
+    code, out, err = run(capsys, monkeypatch)
+    assert code == 2 and "separate" in out and "evaluate" in out
+    assert err == ""
+
+
 def test_info_prints_config_and_provenance(capsys, monkeypatch, tiny_checkpoint):
     code, out, _ = run(capsys, monkeypatch, "info", tiny_checkpoint)
     meta = json.loads(out)
