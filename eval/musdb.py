@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -48,6 +49,28 @@ def score_track(name: str, references: dict[str, np.ndarray], estimates: dict[st
         # Written last: its presence is what marks the track as done for a rerun.
         _write_atomic(out / f"{_safe(name)}.scores.json", json.dumps(record))
     return record
+
+
+class TrackReadError(Exception):
+    """A MUSDB track that cannot be decoded, named with its file."""
+
+
+def _which_file_failed(folder: Path, err: Exception) -> str:
+    """musdb probes every `.stem.mp4` when it opens a subset; find the one ffprobe refuses."""
+    for path in sorted(folder.glob("*.stem.mp4")):
+        probe = subprocess.run(
+            ["ffprobe", "-v", "error", "-show_entries", "stream=codec_type", "-of", "json", str(path)],
+            capture_output=True, text=True, errors="replace", timeout=60,
+        )  # fmt: skip
+        if probe.returncode != 0 or '"audio"' not in probe.stdout:
+            reason = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "no audio"
+            return f"{path}: cannot read this track (ffprobe: {reason})"
+    return f"cannot open the MUSDB tracks in {folder} ({_first_line(err)})"
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -105,7 +128,10 @@ def musdb_tracks(root: Path, subset: str, split: str | None, is_wav: bool, names
     import musdb  # lazy: stempeg refuses to import without ffmpeg
 
     check_subset(subset, split)
-    db = musdb.DB(root=str(root), subsets=subset, split=split, is_wav=is_wav)
+    try:
+        db = musdb.DB(root=str(root), subsets=subset, split=split, is_wav=is_wav)
+    except Exception as err:  # noqa: BLE001 - stempeg raises a bare Error naming no file
+        raise TrackReadError(_which_file_failed(Path(root) / subset, err))
     tracks = list(db)
     if names:
         missing = sorted(set(names) - {t.name for t in tracks})
@@ -157,7 +183,10 @@ def evaluate(separate: Separate, label: str, root: Path, out: Path, settings: di
                 if on_track:
                     on_track(records[-1])
                 continue
-            mix, references, source = model_input(track)
+            try:
+                mix, references, source = model_input(track)
+            except Exception as err:  # noqa: BLE001 - musdb/stempeg raise bare Exceptions
+                raise TrackReadError(f"{track.path}: cannot read this track ({_first_line(err)})")
             estimates = separate(mix, references)
             if "vocals" in estimates and "accompaniment" not in estimates and len(estimates) == 1:
                 estimates["accompaniment"] = mix - estimates["vocals"]

@@ -109,8 +109,49 @@ def summary_table(summaries: dict[str, dict[str, Any]]) -> Table:
     return table
 
 
+def read_summary(folder: Path) -> dict[str, Any]:
+    """A results folder's summary.json, checked; ValueError naming the file if it is not one."""
+    path = Path(folder) / "summary.json"
+    if not path.is_file():
+        raise ValueError(
+            f"{folder} has no summary.json; run 'sepcli evaluate --out {folder}' first"
+        )
+    try:
+        summary = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err})")
+    if not _is_summary(summary):
+        raise ValueError(f"{path} is not a sepcli evaluate summary (no per-stem scores)")
+    return summary
+
+
+def _is_summary(summary: Any) -> bool:
+    def scores(entry: Any) -> bool:
+        return isinstance(entry, dict) and all(
+            isinstance(entry.get(key), (int, float))
+            for key in ("museval_sdr_median", "global_sdr_mean")
+        )
+
+    return (
+        isinstance(summary, dict)
+        and isinstance(summary.get("stems"), dict)
+        and bool(summary["stems"])
+        and all(scores(v) for v in summary["stems"].values())
+        and scores(summary.get("average"))
+    )
+
+
 def read_track_scores(folder: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted((folder / "tracks").glob("*.scores.json"))]
+    """The per-track records of a results folder; unreadable or malformed files are left out."""
+    records = []
+    for path in sorted((folder / "tracks").glob("*.scores.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("scores"), dict):
+            records.append(record)
+    return records
 
 
 def boxplot(folders: dict[str, Path], png: Path) -> None:

@@ -8,6 +8,8 @@ hold.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from typing import Any
 
@@ -33,10 +35,62 @@ class SeparatorConfig:
         clean = {}
         for name, value in values.items():
             clean[name] = _coerce(name, value, hints[name])
-        return cls(**clean)
+        config = cls(**clean)
+        config.check_bounds()
+        return config
+
+    def check_bounds(self) -> None:
+        """Refuse values no real model has, before they size a buffer or a loop: a config from
+        a checkpoint or YAML is untrusted input (a 6 kB file must not ask for 5 GB)."""
+        for field in dataclasses.fields(self):
+            name, value = field.name, getattr(self, field.name)
+            values = value if isinstance(value, tuple) else (value,)
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    continue
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise ValueError(f"config key '{name}' must be finite, got {v}")
+                if isinstance(v, int) and not 0 <= v <= MAX_CONFIG_INT:
+                    raise ValueError(f"config key '{name}' is out of range: {v}")
+                if any(part in name for part in ("n_fft", "win_length", "window_sizes")):
+                    if not 1 <= v <= MAX_FFT:
+                        raise ValueError(f"config key '{name}' must be in 1..{MAX_FFT}, got {v}")
+                if "hop" in name and v < 1:
+                    raise ValueError(f"config key '{name}' must be at least 1, got {v}")
+        rate = getattr(self, "sample_rate", None)
+        if rate is not None and not MIN_RATE <= rate <= MAX_RATE:
+            raise ValueError(
+                f"config key 'sample_rate' must be in {MIN_RATE}..{MAX_RATE}, got {rate}"
+            )
+        segment = getattr(self, "segment", None)
+        if segment is not None and not 2 <= segment <= MAX_SEGMENT:
+            raise ValueError(f"config key 'segment' must be in 2..{MAX_SEGMENT}, got {segment}")
+        sources = getattr(self, "sources", None)
+        if sources is not None:
+            check_source_names(sources)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# Bounds on untrusted configs (see `check_bounds`), far beyond any published model.
+MAX_CONFIG_INT = 1 << 20
+MAX_FFT = 1 << 15
+MIN_RATE, MAX_RATE = 1000, 768000
+MAX_SEGMENT = 1 << 25  # samples: 12.7 min at 44.1 kHz
+SOURCE_NAME = re.compile(r"[^\W_][\w.+-]*( [\w.+-]+)*")
+
+
+def check_source_names(sources: tuple[str, ...]) -> None:
+    """Stem names become file names and output keys: they must be distinct, short words."""
+    if not sources:
+        raise ValueError("config key 'sources' names no stem")
+    for name in sources:
+        if not isinstance(name, str) or len(name) > 64 or not SOURCE_NAME.fullmatch(name):
+            raise ValueError(f"config key 'sources': {name!r} is not a usable stem name")
+    duplicates = sorted({name for name in sources if sources.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"config key 'sources' names {', '.join(duplicates)} more than once")
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:

@@ -68,11 +68,16 @@ class MelRoFormerConfig(SeparatorConfig):
     def __post_init__(self) -> None:
         if self.use_pope:
             raise ValueError("config key 'use_pope': PoPE positional encoding is not supported")
+        if not 1 <= self.num_bands <= MAX_BANDS:
+            raise ValueError(f"config key 'num_bands' must be in 1..{MAX_BANDS}")
         if len(self.sources) != self.num_stems:
             raise ValueError(
                 f"config key 'sources' lists {len(self.sources)} stem(s) "
                 f"but 'num_stems' is {self.num_stems}"
             )
+
+
+MAX_BANDS = 512  # the band table is num_bands x (n_fft/2 + 1); community models use 60
 
 
 class RMSNorm(nn.Module):
@@ -412,7 +417,8 @@ class MelRoFormer(Separator):
             raise ValueError("mel bands must be contiguous bin ranges")
         band_sizes = [len(b) * channels * 2 for b in bins]
         self.band_offsets = [int(b[0]) * channels * 2 for b in bins]
-        bands_per_bin = torch.from_numpy(membership.sum(axis=0)).float()
+        # torch.tensor, not from_numpy: it follows a `with torch.device(...)` around the build.
+        bands_per_bin = torch.tensor(membership.sum(axis=0), dtype=torch.float32)
         self.register_buffer(
             "bands_per_row", bands_per_bin.repeat_interleave(channels), persistent=False
         )

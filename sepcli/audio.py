@@ -22,12 +22,26 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from sepcli.files import replace_into_place, temp_beside
+from sepcli.files import (
+    locked_temp_beside,
+    not_a_regular_file,
+    release_temp,
+    remove_temp,
+    replace_into_place,
+    temp_beside,
+)
 
 SOUNDFILE_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".mp3", ".wave"}
 FFMPEG_EXTENSIONS = {".m4a", ".mp4", ".aac", ".opus", ".webm", ".wma", ".mka", ".ac3", ".alac"}
 AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
 BLOCK_FRAMES = 1 << 18  # ~6 s at 44.1 kHz per read
+# A header may claim anything; rates and channel counts outside these are refused before any
+# work (a WAV saying 1 Hz would turn 8 kB into 33 minutes of separation).
+MIN_RATE, MAX_RATE = 1000, 768000
+MAX_CHANNELS = 64
+FFPROBE_TIMEOUT = 60  # seconds
+# ffmpeg reads local files only: a playlist named .mp4 must not make it open network streams.
+FFMPEG_INPUT = ["-protocol_whitelist", "file"]
 
 
 class AudioError(Exception):
@@ -57,9 +71,23 @@ def _uses_soundfile(path: Path) -> bool:
 
 def probe(path: Path) -> AudioInfo:
     """Rate, channels and length of `path`, or an AudioError saying why it cannot be read."""
-    path = Path(path)
-    if not path.exists():
+    info = _probe(Path(path))
+    if not MIN_RATE <= info.sample_rate <= MAX_RATE:
+        raise AudioError(
+            f"sample rate {info.sample_rate} Hz in its header is outside "
+            f"{MIN_RATE}-{MAX_RATE} Hz; the file is damaged or not audio"
+        )
+    if info.channels > MAX_CHANNELS:
+        raise AudioError(f"{info.channels} channels in its header (at most {MAX_CHANNELS})")
+    return info
+
+
+def _probe(path: Path) -> AudioInfo:
+    problem = not_a_regular_file(path)
+    if problem == "not found":
         raise AudioError("file not found")
+    if problem:
+        raise AudioError(problem)
     if not os.access(path, os.R_OK):
         raise AudioError("permission denied")
     if path.stat().st_size == 0:
@@ -74,7 +102,7 @@ def probe(path: Path) -> AudioInfo:
     if _uses_soundfile(path):
         try:
             with _mpg123_notes_hidden(path):
-                info = sf.info(str(path))
+                info = sf.info(os.fsencode(path))
         except (sf.LibsndfileError, RuntimeError) as err:
             # Downloaders often name AAC or Opus audio ".mp3" or ".wav"; ffmpeg reads it anyway.
             if ffmpeg_available() and not tried_ffmpeg:
@@ -136,26 +164,39 @@ def _ffprobe(path: Path) -> AudioInfo:
             "(install it, e.g. 'apt-get install ffmpeg', or convert the file to WAV/FLAC)"
         )
     cmd = [
-        "ffprobe", "-v", "error", "-select_streams", "a:0",
-        "-show_entries", "stream=sample_rate,channels:format=duration", "-of", "json", str(path),
+        "ffprobe", "-v", "error", *FFMPEG_INPUT, "-select_streams", "a:0",
+        "-show_entries", "stream=sample_rate,channels:format=duration", "-of", "json",
+        "file:" + os.fsdecode(os.path.abspath(path)),
     ]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        result = subprocess.run(
+            cmd, capture_output=True, text=True, errors="replace", timeout=FFPROBE_TIMEOUT
+        )
+    except subprocess.TimeoutExpired:
+        raise AudioError(f"ffprobe did not finish within {FFPROBE_TIMEOUT} s")
     try:
         data = json.loads(result.stdout or "{}")
         stream = data["streams"][0]
         rate, channels = int(stream["sample_rate"]), int(stream["channels"])
-    except (KeyError, IndexError, ValueError):
+    except (KeyError, IndexError, ValueError, TypeError):
         reason = (
             result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "no audio stream"
         )
         raise AudioError(f"ffmpeg cannot read it ({reason})")
     duration = data.get("format", {}).get("duration")
-    frames = round(float(duration) * rate) if duration not in (None, "N/A") else None
+    try:
+        frames = round(float(duration) * rate) if duration not in (None, "N/A") else None
+    except (ValueError, OverflowError):
+        frames = None
+    if rate <= 0 or channels <= 0:
+        raise AudioError("invalid header (zero rate or channels)")
     return AudioInfo(path, rate, channels, frames, decoder="ffmpeg")
 
 
 def read_blocks(info: AudioInfo, block_frames: int = BLOCK_FRAMES) -> Iterator[np.ndarray]:
     """Decode `info.path` block by block as float32 [channels, n] at the file's own rate."""
+    # Blocks hold about as many samples as a stereo block, whatever the channel count.
+    block_frames = max(1024, block_frames * 2 // max(2, info.channels))
     if info.decoder == "soundfile":
         yield from _soundfile_blocks(info, block_frames)
     else:
@@ -170,7 +211,7 @@ def _check_finite(block: np.ndarray) -> np.ndarray:
 
 def _soundfile_blocks(info: AudioInfo, block_frames: int) -> Iterator[np.ndarray]:
     try:
-        with sf.SoundFile(str(info.path)) as f:
+        with sf.SoundFile(os.fsencode(info.path)) as f:
             while True:
                 data = f.read(block_frames, dtype="float32", always_2d=True)
                 if data.shape[0] == 0:
@@ -184,7 +225,8 @@ def _soundfile_blocks(info: AudioInfo, block_frames: int) -> Iterator[np.ndarray
 
 def _ffmpeg_blocks(info: AudioInfo, block_frames: int) -> Iterator[np.ndarray]:
     cmd = [
-        "ffmpeg", "-v", "error", "-nostdin", "-i", str(info.path), "-map", "0:a:0",
+        "ffmpeg", "-v", "error", "-nostdin", *FFMPEG_INPUT,
+        "-i", "file:" + os.fsdecode(os.path.abspath(info.path)), "-map", "0:a:0",
         "-f", "f32le", "-acodec", "pcm_f32le", "-ac", str(info.channels), "-",
     ]  # fmt: skip
     frame_bytes = 4 * info.channels
@@ -351,7 +393,11 @@ class StemWriter:
         """Append a [channels, n] float32 block."""
         if block.shape[-1] == 0:
             return
-        self.peak = max(self.peak, float(np.abs(block).max()))
+        peak = float(np.abs(block).max())
+        if not np.isfinite(peak):
+            # libsndfile would write NaN as full-scale -1.0 and report success.
+            raise AudioError("the separated audio holds NaN or infinite values")
+        self.peak = max(self.peak, peak)
         try:
             self.raw.write(np.ascontiguousarray(block.T, dtype="<f4").tobytes())
         except OSError as err:
@@ -367,13 +413,13 @@ class StemWriter:
             if frames is not None and frames > self.frames:
                 self.raw.write(bytes((frames - self.frames) * 4 * self.channels))
                 self.frames = frames
-            self.raw.close()
+            # Flushed, not closed: the open descriptor holds the temp file's lock (see files.py).
+            self.raw.flush()
             gain = 1.0
             if self.clip == "rescale" and self.peak > 1.0:
                 gain = 1.0 / self.peak
             clamp = self.clip == "clamp" or (self.clip == "none" and self.bit_depth != 32)
-            fd, self.encoded_path = temp_beside(self.path, f".{self.fmt}.part")
-            os.close(fd)
+            self.encoded_path = locked_temp_beside(self.path, f".{self.fmt}.part")
             if self.fmt == "mp3":
                 # libsndfile's default is variable, about 100-150 kb/s; demucs writes 320 kb/s.
                 level = mp3_compression_level(self.mp3_bitrate, self.sample_rate)
@@ -383,7 +429,7 @@ class StemWriter:
             else:
                 encoding = dict(subtype=SUBTYPES[(self.fmt, self.bit_depth)])
             out = sf.SoundFile(
-                self.encoded_path,
+                os.fsencode(self.encoded_path),
                 "w",
                 self.sample_rate,
                 self.channels,
@@ -401,26 +447,50 @@ class StemWriter:
                         block = np.clip(block, -1.0, 1.0)
                     out.write(block.astype(np.float32))
             replace_into_place(self.encoded_path, self.path)
+            release_temp(self.encoded_path)
             self.encoded_path = None
         except (OSError, sf.LibsndfileError, RuntimeError, ValueError) as err:
             self.abort()
             reason = getattr(err, "strerror", None) or _clean(err)
             raise AudioError(f"cannot write {self.path} ({reason})")
         finally:
-            self._remove(self.raw_path)
+            self._drop_raw()
 
     def abort(self) -> None:
         """Remove every temp file; the target path is never touched."""
-        if not self.raw.closed:
-            self.raw.close()
-        self._remove(self.raw_path)
+        self._drop_raw()
         if self.encoded_path is not None:
-            self._remove(self.encoded_path)
+            remove_temp(self.encoded_path)
             self.encoded_path = None
 
-    @staticmethod
-    def _remove(path: Path) -> None:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+    def _drop_raw(self) -> None:
+        """Remove the raw temp file, then close it (which releases its lock)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.raw_path.unlink()
+        if not self.raw.closed:
+            with contextlib.suppress(OSError):
+                self.raw.close()
+
+
+def finished_output_problem(
+    path: Path, frames: int | None, sample_rate: int, channels: int
+) -> str | None:
+    """Why the stem at `path` is not a whole output (None if it is): missing, empty, unreadable,
+    or of another length, rate or channel count than the run would write. `frames` None skips
+    the length check (an input whose length the decoder cannot tell exactly)."""
+    problem = not_a_regular_file(path)
+    if problem:
+        return problem
+    if os.path.getsize(path) == 0:
+        return "is empty (0 bytes)"
+    try:
+        info = sf.info(os.fsencode(path))
+    except (sf.LibsndfileError, RuntimeError, OSError) as err:
+        return f"is not readable audio ({_clean(err)})"
+    if (info.samplerate, info.channels) != (sample_rate, channels):
+        return (
+            f"has {info.samplerate} Hz x {info.channels} ch, not {sample_rate} Hz x {channels} ch"
+        )
+    if frames is not None and info.frames != frames:
+        return f"holds {info.frames} samples, not {frames}"
+    return None

@@ -10,13 +10,16 @@ atomic stem writers.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import glob
 import os
+import string
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from sepcli.audio import (
     AUDIO_EXTENSIONS,
@@ -29,10 +32,13 @@ from sepcli.audio import (
     adapt_channels,
     check_output_format,
     check_output_rate,
+    finished_output_problem,
     probe,
     read_blocks,
 )
-from sepcli.engine import Demixer, OutOfMemory
+from sepcli.engine import Demixer, EngineError, OutOfMemory
+from sepcli.files import remove_stale_temps
+from sepcli.messages import one_line, shown
 
 DEFAULT_TEMPLATE = "{model}/{relpath}/{stem}.{ext}"
 # Below this many samples per chunk the out-of-memory fallback gives up on a track.
@@ -80,6 +86,15 @@ def _walk(folder: Path, recursive: bool, skip: str | None = None) -> list[Path]:
     `skip` (a real path) is a folder not to enter: the outputs' folder, when it lies inside.
     """
     found: list[Path] = []
+    for root, _dirs, files in _walk_folders(folder, skip):
+        found.extend(Path(root) / f for f in files if _is_audio(Path(root) / f))
+        if not recursive:
+            break
+    return found
+
+
+def _walk_folders(folder: Path, skip: str | None = None) -> Iterator[tuple[str, list, list]]:
+    """os.walk following symlinks, sorted, entering each real folder once (links may loop)."""
     seen: set[str] = set() if skip is None else {skip}
     for root, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
@@ -88,10 +103,43 @@ def _walk(folder: Path, recursive: bool, skip: str | None = None) -> list[Path]:
             continue
         seen.add(real)
         dirs.sort()
-        found.extend(Path(root) / f for f in sorted(files) if _is_audio(Path(root) / f))
-        if not recursive:
-            break
-    return found
+        yield root, dirs, sorted(files)
+
+
+def _glob(pattern: str) -> list[Path]:
+    """Files matching a glob pattern, sorted. `**` goes through `_walk`, which visits each real
+    folder once: `glob.glob` follows symlinks into loops (`ln -s . d/x`) without end."""
+    if "**" not in pattern:
+        return sorted(Path(p) for p in glob.glob(pattern))
+    parts = Path(pattern).parts
+    first_magic = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    base = Path(*parts[:first_magic]) if first_magic else Path(".")
+    if not base.is_dir():
+        return []
+    found = []
+    for root, _dirs, files in _walk_folders(base):
+        relative = Path(root).relative_to(base).parts
+        found.extend(
+            Path(root) / name
+            for name in files
+            if _glob_match(parts[first_magic:], (*relative, name))
+        )
+    return sorted(found)
+
+
+def _glob_match(pattern: tuple[str, ...], parts: tuple[str, ...]) -> bool:
+    """Whether path `parts` match glob `pattern` parts, as glob.glob would: `**` spans any
+    number of folders, and wildcards never match a name that starts with a dot."""
+    if not pattern:
+        return not parts
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        if _glob_match(rest, parts) or (not rest and all(not p.startswith(".") for p in parts)):
+            return True
+        return len(parts) > 1 and not parts[0].startswith(".") and _glob_match(pattern, parts[1:])
+    if not parts or (parts[0].startswith(".") and not head.startswith(".")):
+        return False
+    return fnmatch.fnmatchcase(parts[0], head) and _glob_match(rest, parts[1:])
 
 
 def output_root(out: Path, template: str, model: str) -> Path:
@@ -141,7 +189,7 @@ def discover(
         elif path.exists() or path.is_symlink():
             entries = [(path, track_name(path))]
         elif glob.has_magic(item):
-            matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(item), recursive=True))
+            matches = _glob(os.path.expanduser(item))
             entries = [(m, track_name(m)) for m in matches if m.is_file() and _is_audio(m)]
             outputs_found = [m for m, _ in entries if is_output(m)]
             if outputs_found:
@@ -165,45 +213,85 @@ def discover(
     return tracks, notes
 
 
+TEMPLATE_KEYS = ("model", "track", "trackext", "relpath", "stem", "ext")
+
+
+def check_template(template: str) -> None:
+    """Refuse a --name template that is not plain text with plain `{key}`s: `{track.foo}`,
+    `{stem[0]}`, `{stem!r}` and `{stem:>9}` would reach Python's formatting machinery."""
+    keys = " ".join(f"{{{k}}}" for k in TEMPLATE_KEYS)
+    try:
+        fields = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise UsageError(f"bad --name template {template!r} ({err}); keys: {keys}")
+    for _, field, spec, conversion in fields:
+        if field is None:
+            continue
+        if field not in TEMPLATE_KEYS or spec or conversion:
+            shown = field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            raise UsageError(
+                f"bad --name template {template!r}: {{{shown}}} is not a key; keys: {keys}"
+            )
+
+
 def plan_outputs(
     tracks: list[Track], out: Path, template: str, model: str, stems: list[str], ext: str
 ) -> None:
-    """Fill in each track's output paths; refuse escapes, collisions and overwriting an input."""
+    """Fill in each track's output paths; refuse, before any work, a template that names no
+    file below `out`, two outputs on one path (two tracks, or two stems of one track), an output
+    where a folder is (or must be), and overwriting an input."""
+    check_template(template)
     root = Path(os.path.abspath(out))
-    owners: dict[Path, Path] = {}
+    owners: dict[Path, tuple[Path, str]] = {}
     inputs = {Path(os.path.abspath(t.path)) for t in tracks}
     for track in tracks:
         for stem in stems:
-            try:
-                relative = template.format(
-                    model=model,
-                    track=track_name(track.path),
-                    stem=stem,
-                    ext=ext,
-                    relpath=track.relpath,
-                    trackext=track.path.suffix.lstrip("."),
-                )
-            except (KeyError, IndexError, ValueError) as err:
-                raise UsageError(
-                    f"bad --name template {template!r} ({err}); keys: {{model}} {{track}} "
-                    "{trackext} {stem} {ext} {relpath}"
-                )
+            relative = template.format(
+                model=model,
+                track=track_name(track.path),
+                stem=stem,
+                ext=ext,
+                relpath=track.relpath,
+                trackext=track.path.suffix.lstrip("."),
+            )
             if os.path.isabs(relative):
                 raise UsageError(
                     f"--name template gives an absolute path ({relative}); it must stay inside --out"
                 )
             target = Path(os.path.normpath(root / relative))
-            if root != target and root not in target.parents:
+            if root == target:
+                raise UsageError(
+                    f"--name template {template!r} names --out itself, not a file below it; "
+                    f"use e.g. {DEFAULT_TEMPLATE}"
+                )
+            if root not in target.parents:
                 raise UsageError(f"--name template writes outside --out: {relative}")
             if target in inputs:
                 raise UsageError(f"output {target} would overwrite an input file")
-            if target in owners and owners[target] != track.path:
+            if target.is_dir():
+                raise UsageError(f"output {target} is an existing folder; --name must name files")
+            if target in owners:
+                first, first_stem = owners[target]
+                if first == track.path:
+                    raise UsageError(
+                        f"--name template {template!r} writes stems {first_stem} and {stem} of "
+                        f"{track.path} to one file, {target}; add {{stem}} to it"
+                    )
                 raise UsageError(
-                    f"{owners[target]} and {track.path} would both write {target}; "
-                    + _collision_advice(owners[target], track.path, template)
+                    f"{first} and {track.path} would both write {target}; "
+                    + _collision_advice(first, track.path, template)
                 )
-            owners[target] = track.path
+            owners[target] = (track.path, stem)
             track.outputs[stem] = target
+    for target in owners:
+        for parent in target.parents:
+            if parent == root:
+                break
+            if parent in owners:
+                raise UsageError(
+                    f"output {parent} would be a file and a folder (of {target}); "
+                    "give --name a {stem} in the file name"
+                )
 
 
 def _collision_advice(first: Path, second: Path, template: str) -> str:
@@ -394,46 +482,104 @@ def run_batch(
     demixer: Demixer,
     options: SeparationOptions,
     reporter: "Reporter",
+    raise_unexpected: bool = False,
 ) -> list[TrackResult]:
-    """Separate every track; never stops for one bad file."""
+    """Separate every track; never stops for one bad file.
+
+    Any exception but an interruption fails its track alone; `raise_unexpected` (the CLI's
+    --debug) lets the ones that are not about the input through with their traceback.
+    """
     check_output_format(options.fmt, options.bit_depth)
     results = []
     for track in tracks:
         start = time.perf_counter()
         outputs = {s: str(p) for s, p in track.outputs.items()}
-        if not options.overwrite and all(p.exists() for p in track.outputs.values()):
-            result = TrackResult(str(track.path), "skipped", outputs, None, 0.0)
-            reporter.track_done(result)
-            results.append(result)
-            continue
-        reporter.track_start(track)
         try:
-            while True:
-                try:
-                    info = separate_track(
-                        track, demixer, options, reporter.audio_progress, reporter.track_info
-                    )
-                    break
-                except OutOfMemory:
-                    # Batch size 1 already failed: start the track again with half the segment.
-                    if demixer.segment // 2 < MIN_SEGMENT:
-                        raise
-                    demixer = demixer.with_segment(demixer.segment // 2)
-                    reporter.note(
-                        f"out of memory: retrying {track.path.name} with segment "
-                        f"{demixer.segment} samples"
-                    )
+            for path in track.outputs.values():
+                remove_stale_temps(path)
+            if not options.overwrite and _finished(track, demixer, options, reporter):
+                result = TrackResult(str(track.path), "skipped", outputs, None, 0.0)
+                reporter.track_done(result)
+                results.append(result)
+                continue
+            reporter.track_start(track)
+            demixer, info = _separate_with_fallback(track, demixer, options, reporter)
             result = TrackResult(
                 str(track.path), "done", outputs, None, time.perf_counter() - start, info.duration
             )
-        except (AudioError, OSError, OutOfMemory) as err:
-            message = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        except Exception as err:  # noqa: BLE001 - one track's failure, whatever it is
+            if raise_unexpected and not isinstance(err, EXPECTED_TRACK_ERRORS):
+                raise
             result = TrackResult(
-                str(track.path), "failed", {}, message, time.perf_counter() - start
+                str(track.path), "failed", {}, track_error(err), time.perf_counter() - start
             )
         reporter.track_done(result)
         results.append(result)
     return results
+
+
+EXPECTED_TRACK_ERRORS = (AudioError, OSError, EngineError)
+
+
+def track_error(err: Exception) -> str:
+    """One line saying why a track failed."""
+    if isinstance(err, OSError) and err.strerror:
+        where = f" ({err.filename})" if err.filename else ""
+        message = f"{err.strerror}{where}"
+    elif isinstance(err, EXPECTED_TRACK_ERRORS):
+        message = str(err)
+    else:
+        message = f"unexpected {type(err).__name__}: {err}"
+    return one_line(message)
+
+
+def _separate_with_fallback(
+    track: Track, demixer: Demixer, options: SeparationOptions, reporter: "Reporter"
+) -> tuple[Demixer, AudioInfo]:
+    """Separate one track; out of memory at batch size 1, start again with half the segment."""
+    while True:
+        try:
+            info = separate_track(
+                track, demixer, options, reporter.audio_progress, reporter.track_info
+            )
+            return demixer, info
+        except OutOfMemory:
+            if demixer.segment // 2 < MIN_SEGMENT:
+                raise
+            demixer = demixer.with_segment(demixer.segment // 2)
+            reporter.note(
+                f"out of memory: retrying {shown(track.path.name)} with segment "
+                f"{demixer.segment} samples"
+            )
+
+
+def _finished(
+    track: Track, demixer: Demixer, options: SeparationOptions, reporter: "Reporter"
+) -> bool:
+    """Whether every output of `track` is whole: readable audio of the length, rate and channels
+    this run would write. Outputs that exist but are not whole are named in a note and redone."""
+    paths = list(track.outputs.values())
+    if not all(p.exists() for p in paths):
+        return False
+    info = probe(track.path)  # an unreadable input fails here, as it would when separating
+    rate = options.sample_rate if options.sample_rate is not None else info.sample_rate
+    channels = 1 if info.channels == 1 else demixer.model.audio_channels
+    # libsndfile's count of a WAV/FLAC/AIFF/OGG is exact; an MP3's or an ffmpeg stream's
+    # length is an estimate, so there the stems need only agree with each other.
+    exact = info.decoder == "soundfile" and track.path.suffix.lower() != ".mp3"
+    frames = round(info.frames * rate / info.sample_rate) if exact and info.frames else None
+    lengths = set()
+    for path in paths:
+        problem = finished_output_problem(path, frames, rate, channels)
+        if problem is None and frames is None:
+            lengths.add(sf.info(os.fsencode(path)).frames)
+        if problem:
+            reporter.note(f"{shown(track.path)}: separating it again: {shown(path)} {problem}")
+            return False
+    if len(lengths) > 1:
+        reporter.note(f"{shown(track.path)}: separating it again: its stems differ in length")
+        return False
+    return True
 
 
 class Reporter:

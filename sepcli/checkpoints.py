@@ -25,7 +25,8 @@ import models
 import sepcli
 from models.base import Separator
 from models.mel_roformer import MelRoFormer, MelRoFormerConfig
-from sepcli.files import atomic_write
+from sepcli.files import atomic_write, not_a_regular_file, read_bounded
+from sepcli.messages import one_line
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 PRESETS_DIR = Path(__file__).parent / "presets"
@@ -57,21 +58,64 @@ _ConfigLoader.add_constructor(
 )
 
 
+MAX_CONFIG_BYTES = 1 << 20  # community YAML configs are a few kB
+MAX_YAML_NODES = 100_000  # after aliases are expanded; a real config has a few hundred
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML config as a dict, read safely: a regular file under 1 MB whose aliases do not
+    expand it past `MAX_YAML_NODES` (a "billion laughs" file is refused, not expanded)."""
     try:
-        with open(path) as f:
-            loader = _ConfigLoader(f)  # what yaml.safe_load does, with the tuple tag added
-            try:
-                data = loader.get_single_data()
-            finally:
-                loader.dispose()
-    except FileNotFoundError:
-        raise CheckpointError(f"config not found: {path}")
+        text = read_bounded(Path(path), MAX_CONFIG_BYTES, "config")
+    except ValueError as err:
+        raise CheckpointError(str(err).replace("not found", "does not exist"))
+    except OSError as err:
+        raise CheckpointError(f"config {path}: {err.strerror or err}")
+    loader = _ConfigLoader(text)  # what yaml.safe_load does, with the tuple tag added
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _check_expanded_size(node, path)
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as err:
         raise CheckpointError(f"config {path} is not valid YAML ({str(err).splitlines()[0]})")
+    except RecursionError:
+        raise CheckpointError(f"config {path} is nested too deeply")
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise CheckpointError(f"config {path} must be a mapping of sections")
     return data
+
+
+def _check_expanded_size(root: yaml.Node, path: Path) -> None:
+    """Count the nodes `root` stands for with every alias expanded (each shared node is counted
+    where it is used, once computed); refuse recursive aliases and oversized expansions."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise CheckpointError(f"config {path} has a recursive alias")
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        active.discard(key)
+        if total > MAX_YAML_NODES:
+            raise CheckpointError(
+                f"config {path} expands to over {MAX_YAML_NODES} values through its aliases; "
+                "refused"
+            )
+        sizes[key] = total
+        return total
+
+    size(root)
 
 
 def architecture_of(model: Separator) -> str:
@@ -94,28 +138,57 @@ def build_model(architecture: str, config: dict[str, Any]) -> Separator:
     try:
         return cls(config_cls.from_dict(config))
     except (ValueError, TypeError) as err:
-        raise CheckpointError(f"bad {architecture} config: {err}")
+        raise CheckpointError(one_line(f"bad {architecture} config: {err}"))
+
+
+def shape_mismatches(
+    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]
+) -> list[str]:
+    """The first few missing, unexpected and wrongly shaped keys, each in words; [] if none."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [k for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s), first: {', '.join(missing[:3])}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s), first: {', '.join(unexpected[:3])}")
+    for key in shapes[:3]:
+        parts.append(
+            f"shape mismatch for parameter '{key}': checkpoint has {tuple(found[key])}, "
+            f"the config expects {tuple(expected[key])}"
+        )
+    if len(shapes) > 3:
+        parts.append(f"{len(shapes) - 3} more shape mismatch(es)")
+    return parts
 
 
 def load_state_strict(model: Separator, state: dict[str, torch.Tensor], source: str) -> None:
     """`load_state_dict(strict=True)`, with errors that name the offending keys."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s), first: {', '.join(missing[:3])}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s), first: {', '.join(unexpected[:3])}")
-        raise CheckpointError(f"{source} does not match the architecture: {'; '.join(parts)}")
-    for key, tensor in expected.items():
-        if tuple(state[key].shape) != tuple(tensor.shape):
-            raise CheckpointError(
-                f"{source}: shape mismatch for parameter '{key}': checkpoint has "
-                f"{tuple(state[key].shape)}, the config expects {tuple(tensor.shape)}"
-            )
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = shape_mismatches(expected, {k: tuple(v.shape) for k, v in state.items()})
+    if problems:
+        raise CheckpointError(
+            one_line(f"{source} does not match the architecture: {'; '.join(problems)}")
+        )
     model.load_state_dict(state, strict=True)
+
+
+def check_shapes_before_building(
+    architecture: str, config: dict[str, Any], shapes: dict[str, tuple[int, ...]], source: str
+) -> Separator:
+    """The model built on the meta device (no memory), checked against the checkpoint's tensor
+    shapes: a small file whose config asks for a huge model is refused before anything is
+    allocated. Returns the meta model (its parameters can be counted)."""
+    with torch.device("meta"):
+        model = build_model(architecture, config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = shape_mismatches(expected, shapes)
+    if problems:
+        raise CheckpointError(
+            one_line(f"{source} does not match its config: {'; '.join(problems)}")
+        )
+    return model
 
 
 def load_init(model: Separator, init: Separator, source: str) -> None:
@@ -171,32 +244,84 @@ def weights_digest(model: Separator) -> str:
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
-    """The JSON metadata of a native checkpoint."""
+    """The JSON metadata of a native checkpoint, checked for the fields and types sepcli reads."""
+    meta, _ = read_header(path)
+    return meta
+
+
+def read_header(path: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    """(metadata, tensor shapes) of a native checkpoint, from its header alone."""
     from safetensors import safe_open
 
+    problem = not_a_regular_file(path)
+    if problem:
+        raise CheckpointError(f"checkpoint {path}: {problem}")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("sepcli")
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({err})")
+        raise CheckpointError(f"{path} is not a readable safetensors file ({_first_line(err)})")
     if raw is None:
         raise CheckpointError(
             f"{path} has no sepcli metadata; import it with 'sepcli models import'"
         )
     try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"{path} has corrupt sepcli metadata")
+    check_metadata(meta, str(path))
+    return meta, shapes
+
+
+METADATA_TYPES = {"architecture": str, "config": dict, "sources": list, "sample_rate": int,
+                  "inference": dict, "provenance": dict}  # fmt: skip
+
+
+def check_metadata(meta: Any, source: str) -> None:
+    """Refuse metadata that is not an object of the expected fields and types."""
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{source}: its sepcli metadata is not a JSON object")
+    for key, kind in METADATA_TYPES.items():
+        if key in meta and (not isinstance(meta[key], kind) or isinstance(meta[key], bool)):
+            raise CheckpointError(f"{source}: metadata field '{key}' must be a {kind.__name__}")
+    if "architecture" not in meta:
+        raise CheckpointError(f"{source}: its metadata names no architecture")
+    rate = meta.get("sample_rate")
+    if rate is not None and not models.base.MIN_RATE <= rate <= models.base.MAX_RATE:
+        raise CheckpointError(f"{source}: metadata sample_rate {rate} is out of range")
+    check_inference(meta.get("inference") or {}, source)
+
+
+def check_inference(inference: dict[str, Any], source: str) -> None:
+    """Engine defaults from a checkpoint or YAML, checked like the command-line options."""
+    bounds = {"segment": (int, 2, models.base.MAX_SEGMENT), "overlap": (float, 0.0, MAX_OVERLAP),
+              "batch_size": (int, 1, MAX_BATCH), "tta": (bool, None, None)}  # fmt: skip
+    for key, value in inference.items():
+        if key not in bounds:
+            continue
+        kind, low, high = bounds[key]
+        ok = isinstance(value, bool) if kind is bool else (
+            isinstance(value, (int, float)) and not isinstance(value, bool)
+            and (kind is float or isinstance(value, int)) and low <= value <= high
+        )  # fmt: skip
+        if not ok:
+            raise CheckpointError(f"{source}: inference setting '{key}' = {value!r} is invalid")
+
+
+MAX_OVERLAP = 0.95  # 20 passes over every sample; more is a time bomb, not a setting
+MAX_BATCH = 1024
 
 
 def load_native(path: Path, name: str | None = None) -> LoadedModel:
-    meta = read_metadata(path)
-    architecture = meta.get("architecture", "")
+    meta, shapes = read_header(path)
+    architecture = meta["architecture"]
+    check_shapes_before_building(architecture, meta.get("config", {}), shapes, str(path))
     model = build_model(architecture, meta.get("config", {}))
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{path} is truncated or corrupt ({err})")
+        raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(err)})")
     load_state_strict(model, state, str(path))
     model.eval()
     return LoadedModel(model, name or path.stem, architecture, meta, meta.get("inference", {}))
@@ -204,6 +329,10 @@ def load_native(path: Path, name: str | None = None) -> LoadedModel:
 
 def read_community_state(path: Path) -> dict[str, torch.Tensor]:
     """A community `.ckpt`/`.pth` state dict, unwrapped; pickled code is refused, never run."""
+    problem = not_a_regular_file(path)
+    if problem:
+        raise CheckpointError(f"checkpoint {path}: {problem}")
+    _refuse_zip_bombs(path)
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -225,6 +354,22 @@ def read_community_state(path: Path) -> dict[str, torch.Tensor]:
     return data
 
 
+def _refuse_zip_bombs(path: Path) -> None:
+    """torch.save writes its zip uncompressed; entries that would inflate far past the file's
+    own size are a decompression bomb, not a checkpoint."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            inflated = sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is a damaged zip archive ({_first_line(err)})")
+    if inflated > 2 * path.stat().st_size + (1 << 20):
+        raise CheckpointError(
+            f"{path} would inflate from {path.stat().st_size} to {inflated} bytes; refused"
+        )
+
+
 def _first_line(err: Exception) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
@@ -233,13 +378,33 @@ def _first_line(err: Exception) -> str:
 def community_config(path: Path) -> tuple[MelRoFormerConfig, dict[str, Any]]:
     """Mel-RoFormer config and engine defaults from a community YAML."""
     data = read_yaml(path)
-    model_section = dict(data.get("model") or {})
-    training = data.get("training") or {}
-    audio = data.get("audio") or {}
-    inference = data.get("inference") or {}
+    try:
+        config, defaults = _community_sections(data)
+    except (ValueError, TypeError, AttributeError, OverflowError) as err:
+        raise CheckpointError(one_line(f"bad config {path}: {err}"))
+    check_inference(defaults, str(path))
+    return config, defaults
+
+
+def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
+    section = data.get(name) or {}
+    if not isinstance(section, dict):
+        raise ValueError(f"section '{name}' must be a mapping")
+    return dict(section)
+
+
+def _community_sections(data: dict[str, Any]) -> tuple[MelRoFormerConfig, dict[str, Any]]:
+    model_section = _section(data, "model")
+    training = _section(data, "training")
+    audio = _section(data, "audio")
+    inference = _section(data, "inference")
     target = training.get("target_instrument")
     instruments = training.get("instruments") or []
     stems = model_section.get("num_stems", 1)
+    if not isinstance(stems, int) or isinstance(stems, bool) or not 1 <= stems <= 64:
+        raise ValueError(f"num_stems must be an integer in 1..64, got {stems!r}")
+    if not isinstance(instruments, (list, tuple)):
+        raise ValueError("training.instruments must be a list")
     if target:
         sources = [target]
     elif instruments:
@@ -250,10 +415,7 @@ def community_config(path: Path) -> tuple[MelRoFormerConfig, dict[str, Any]]:
     chunk = inference.get("chunk_size", audio.get("chunk_size"))
     if chunk is not None:
         model_section["segment"] = int(chunk)
-    try:
-        config = MelRoFormerConfig.from_dict(model_section)
-    except (ValueError, TypeError) as err:
-        raise CheckpointError(f"bad config {path}: {err}")
+    config = MelRoFormerConfig.from_dict(model_section)
     defaults: dict[str, Any] = {}
     if chunk is not None:
         defaults["segment"] = int(chunk)
@@ -266,8 +428,11 @@ def community_config(path: Path) -> tuple[MelRoFormerConfig, dict[str, Any]]:
 
 def load_community(path: Path, config_path: Path) -> LoadedModel:
     config, inference = community_config(config_path)
+    state = read_community_state(path)
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    check_shapes_before_building("mel-roformer", config.to_dict(), shapes, str(path))
     model = MelRoFormer(config)
-    load_state_strict(model, read_community_state(path), str(path))
+    load_state_strict(model, state, str(path))
     model.eval()
     meta = {
         "architecture": "mel-roformer",
@@ -299,8 +464,9 @@ def load_model(spec: str | None, config: Path | None = None) -> LoadedModel:
                 f"(train one with 'sepcli train {spec} ...')"
             )
         raise CheckpointError(f"checkpoint not found: {spec}")
-    if path.is_dir():
-        raise CheckpointError(f"{spec} is a folder, not a checkpoint")
+    problem = not_a_regular_file(path)
+    if problem:
+        raise CheckpointError(f"checkpoint {spec}: {problem}")
     if config is not None:
         return load_community(path, Path(config))
     if path.suffix == ".safetensors":

@@ -28,14 +28,19 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="List separators and checkpoints, or import a community checkpoint.")
 app.add_typer(models_app, name="models")
-err_console = Console(stderr=True, highlight=False)
+# Markup off: file names and messages are shown as they are ("song [live].wav", "x[/]y.wav").
+err_console = Console(stderr=True, highlight=False, markup=False)
+out_console = Console(highlight=False, markup=False)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEBUG = {"on": False}
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps."
 PRECISION_HELP = "auto (bf16/fp16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16."
 # A round floor above the spectral models' STFT window (2048 samples, 46 ms): shorter chunks
-# separate nothing useful.
-MIN_SEGMENT_SECONDS = 0.1
+# separate nothing useful. The ceilings keep a typo from asking for terabytes or days.
+MIN_SEGMENT_SECONDS, MAX_SEGMENT_SECONDS = 0.1, 300.0
+MAX_OVERLAP = 0.95
+MAX_BATCH, MAX_SHIFTS = 1024, 32
+MIN_OUTPUT_RATE, MAX_OUTPUT_RATE = 8000, 768000
 
 
 class Interrupted(BaseException):
@@ -126,19 +131,26 @@ def separate(
         None,
         "--segment",
         min=MIN_SEGMENT_SECONDS,
+        max=MAX_SEGMENT_SECONDS,
         help="Chunk length in seconds (default: the model's).",
     ),
     overlap: Optional[float] = typer.Option(
         None,
         "--overlap",
-        help="Overlap between chunks, fraction in [0, 1) (default: the model's, else 0.25).",
+        min=0.0,
+        max=MAX_OVERLAP,
+        help="Overlap between chunks, fraction in [0, 0.95] (default: the model's, else 0.25).",
     ),
     batch_size: Optional[int] = typer.Option(
-        None, "--batch-size", min=1, help="Chunks per forward pass (default 4)."
+        None, "--batch-size", min=1, max=MAX_BATCH, help="Chunks per forward pass (default 4)."
     ),
     precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
     shifts: int = typer.Option(
-        0, "--shifts", min=0, help="Average N passes at random time shifts (slower, a bit better)."
+        0,
+        "--shifts",
+        min=0,
+        max=MAX_SHIFTS,
+        help="Average N passes at random time shifts (slower, a bit better).",
     ),
     tta: Optional[bool] = typer.Option(
         None,
@@ -149,8 +161,9 @@ def separate(
     sample_rate: Optional[int] = typer.Option(
         None,
         "--sample-rate",
-        min=8000,
-        help="Output rate in Hz, at least 8000 (default: the input's).",
+        min=MIN_OUTPUT_RATE,
+        max=MAX_OUTPUT_RATE,
+        help="Output rate in Hz, 8000 to 768000 (default: the input's).",
     ),
     downmix: bool = typer.Option(
         False, "--downmix", help="Downmix inputs with more than 2 channels."
@@ -186,13 +199,22 @@ def separate(
         chosen, fmt, bit_depth, clip, sample_rate, downmix, overwrite, mp3_bitrate
     )
     with reporter:
-        results = batch.run_batch(tracks, demixer, options, reporter)
+        results = batch.run_batch(tracks, demixer, options, reporter, DEBUG["on"])
     reporter.summary(results)
     if as_json:
         doc = {"model": loaded.name, "tracks": [_result_json(r) for r in results]}
-        sys.stdout.write(json.dumps(doc) + "\n")
+        _print_json(doc)
     if any(r.status == "failed" for r in results):
         raise typer.Exit(EXIT_FAILED)
+
+
+def _print_json(doc: dict) -> None:
+    """One JSON line on stdout (ASCII: undecodable file-name bytes stay escaped)."""
+    try:
+        sys.stdout.write(json.dumps(doc) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head`: the reader left; the outputs are written all the same
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _format_settings(fmt: str, bit_depth: int | None, mp3_bitrate: int | None) -> tuple[int, int]:
@@ -282,13 +304,18 @@ def evaluate(
         None,
         "--segment",
         min=MIN_SEGMENT_SECONDS,
+        max=MAX_SEGMENT_SECONDS,
         help="Chunk length in seconds (default: the model's).",
     ),
     overlap: Optional[float] = typer.Option(
-        None, "--overlap", help="Overlap between chunks (default: the model's, else 0.25)."
+        None,
+        "--overlap",
+        min=0.0,
+        max=MAX_OVERLAP,
+        help="Overlap between chunks (default: the model's, else 0.25).",
     ),
     shifts: int = typer.Option(
-        0, "--shifts", min=0, help="Average N passes at random time shifts."
+        0, "--shifts", min=0, max=MAX_SHIFTS, help="Average N passes at random time shifts."
     ),
     tta: Optional[bool] = typer.Option(
         None, "--tta/--no-tta", help="Channel-swap and polarity test-time augmentation."
@@ -365,7 +392,7 @@ def evaluate(
     summary = report.write_outputs(out, label, settings, records)
     report.boxplot({label: out}, out / "boxplot.png")
     inputs = sorted({r.get("input", "") for r in records})
-    Console(stderr=True).print(report.summary_table({label: summary}))
+    err_console.print(report.summary_table({label: summary}))
     err_console.print(f"{len(records)} tracks; model input: {', '.join(inputs)}; results in {out}")
 
 
@@ -381,15 +408,8 @@ def evaluate_compare(
     """Side-by-side table and per-stem SDR boxplots of several results folders."""
     from eval import report
 
-    summaries = {}
-    for folder in folders:
-        path = folder / "summary.json"
-        if not path.exists():
-            raise FileNotFoundError(
-                f"{folder} has no summary.json; run 'sepcli evaluate --out {folder}' first"
-            )
-        summaries[folder.name] = json.loads(path.read_text())
-    Console().print(report.summary_table(summaries))
+    summaries = {folder.name: report.read_summary(folder) for folder in folders}
+    out_console.print(report.summary_table(summaries))
     plot = plot or folders[0].parent / "compare.png"
     report.boxplot({f.name: f for f in folders}, plot)
     err_console.print(f"boxplots: {plot}")
@@ -411,7 +431,7 @@ def models_list(ctx: typer.Context) -> None:
     presets = checkpoints.list_presets()
     for name in registry.ARCHITECTURES:
         table.add_row(name, ", ".join(presets.get(name, [])))
-    Console().print(table)
+    out_console.print(table)
     table = Table(title="checkpoints (-m NAME)")
     for column in ("name", "architecture", "sources", "rate", "path"):
         table.add_column(column)
@@ -424,7 +444,7 @@ def models_list(ctx: typer.Context) -> None:
             str(meta["sample_rate"]),
             str(path),
         )
-    Console().print(table)
+    out_console.print(table)
 
 
 @models_app.command("import")
@@ -438,7 +458,11 @@ def models_import(
 ) -> None:
     """Convert a community Mel-RoFormer checkpoint to sepcli's native format."""
     from sepcli import checkpoints
+    from sepcli.batch import UsageError
 
+    for given, what in ((checkpoint, "checkpoint"), (config, "config")):
+        if out.exists() and given.exists() and os.path.samefile(out, given):
+            raise UsageError(f"-o {out} is the {what} itself; give a new file name")
     loaded = checkpoints.load_model(str(checkpoint), config)
     provenance = loaded.metadata.get("provenance", {})
     checkpoints.save_checkpoint(out, loaded.model, provenance, loaded.inference, half=half)
@@ -455,9 +479,12 @@ def info(checkpoint: str = typer.Argument(..., help="Checkpoint path, or 'defaul
     path = checkpoints.default_checkpoint() if checkpoint == "default" else Path(checkpoint)
     if not path.exists():
         raise checkpoints.CheckpointError(f"checkpoint not found: {checkpoint}")
-    meta = checkpoints.read_metadata(path)
-    loaded = checkpoints.load_native(path)
-    meta["parameters"] = sum(p.numel() for p in loaded.model.parameters())
+    meta, shapes = checkpoints.read_header(path)
+    # Built on the meta device: counting parameters allocates nothing, whatever the config says.
+    model = checkpoints.check_shapes_before_building(
+        meta["architecture"], meta.get("config", {}), shapes, str(path)
+    )
+    meta["parameters"] = sum(p.numel() for p in model.parameters())
     typer.echo(json.dumps(meta, indent=2))
 
 
@@ -537,19 +564,21 @@ def interrupted_outcome(argv: list[str]) -> str:
 def main() -> None:
     """Entry point: run the app and turn user errors into one line and an exit code."""
     from sepcli.errors import describe
+    from sepcli.messages import one_line
 
     # SIGINT too: click would turn a KeyboardInterrupt into a silent Abort.
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
+    # SIGHUP too: a closed terminal or ssh session must clean up like Ctrl-C.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _on_signal)
     try:
         # Without standalone mode click returns typer.Exit codes instead of exiting.
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else EXIT_OK)
     except Interrupted as sig:
-        err_console.print(f"sepcli: interrupted ({sig}); {interrupted_outcome(sys.argv)}")
+        _say(f"sepcli: interrupted ({sig}); {interrupted_outcome(sys.argv)}")
         sys.exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
-        err_console.print(f"sepcli: interrupted; {interrupted_outcome(sys.argv)}")
+        _say(f"sepcli: interrupted; {interrupted_outcome(sys.argv)}")
         sys.exit(EXIT_INTERRUPTED)
     except SystemExit:
         raise
@@ -560,5 +589,13 @@ def main() -> None:
             raise
         message, code = describe(err)
         if message:
-            err_console.print(f"sepcli: error: {message}", soft_wrap=True)
+            _say(f"sepcli: error: {one_line(message)}")
         sys.exit(code)
+
+
+def _say(line: str) -> None:
+    """One line on stderr; after SIGHUP the terminal may be gone, and that must not matter."""
+    try:
+        err_console.print(line, soft_wrap=True)
+    except OSError:
+        pass

@@ -74,6 +74,10 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
     return torch.autocast(device_type=device.type, dtype=dtypes[precision])
 
 
+class NonFiniteOutput(EngineError):
+    """The model returned NaN or infinity: its estimates are garbage."""
+
+
 class OutOfMemory(EngineError):
     """Out of memory even at batch size 1: only a shorter segment can help."""
 
@@ -218,6 +222,12 @@ class Demixer:
                 # One view at a time, so TTA costs time but no extra memory.
                 y += self.model(x.flip(1)).float().flip(-2) - self.model(-x).float()
                 y /= 3
+            if not bool(torch.isfinite(y).all()):
+                # Written out, NaN becomes full-scale -1.0 in every stem: fail the track instead.
+                raise NonFiniteOutput(
+                    "the model's output holds NaN or infinite values (its weights may be "
+                    "corrupt, or try --precision fp32)"
+                )
         return y.cpu().numpy()
 
 

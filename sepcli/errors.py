@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from eval.musdb import TrackReadError
 from sepcli.audio import AudioError
 from sepcli.batch import UsageError
 from sepcli.checkpoints import CheckpointError
@@ -19,6 +20,8 @@ def describe(err: BaseException) -> tuple[str, int]:
         ctx = getattr(err, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         return err.format_message() + hint, USAGE
+    if isinstance(err, TrackReadError):
+        return str(err), 1
     if isinstance(err, (UsageError, CheckpointError, EngineError, AudioError)):
         return str(err), USAGE
     if isinstance(err, (ValueError, FileNotFoundError)):

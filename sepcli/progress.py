@@ -16,13 +16,14 @@ from rich.table import Table
 
 from sepcli.audio import AudioInfo
 from sepcli.batch import Reporter, Track, TrackResult
+from sepcli.messages import one_line, shown
 
 
 class RichReporter(Reporter):
     def __init__(self, console: Console, quiet: bool = False, tracks: int | None = None) -> None:
         self.console, self.quiet, self.tracks = console, quiet, tracks
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(),
+            TextColumn("{task.description}", markup=False), BarColumn(),
             TextColumn("{task.completed:.0f} {task.fields[unit]}"),
             TimeElapsedColumn(), TimeRemainingColumn(),
             console=console, transient=True, disable=quiet,
@@ -38,7 +39,7 @@ class RichReporter(Reporter):
         self.progress.stop()
 
     def note(self, message: str) -> None:
-        self.console.print(f"sepcli: {message}", soft_wrap=True)
+        self.console.print(f"sepcli: {one_line(message)}", soft_wrap=True, markup=False)
 
     def _batch_task(self) -> TaskID:
         if self.batch_task is None:
@@ -52,7 +53,7 @@ class RichReporter(Reporter):
         if self.track_task is not None:
             self.progress.remove_task(self.track_task)
         self.track_task = self.progress.add_task(
-            track.path.name[:40], total=None, unit="s of audio"
+            shown(track.path.name)[:40], total=None, unit="s of audio"
         )
 
     def track_info(self, info: AudioInfo) -> None:
@@ -65,7 +66,11 @@ class RichReporter(Reporter):
 
     def track_done(self, result: TrackResult) -> None:
         if result.status == "failed":
-            self.console.print(f"sepcli: failed: {result.input}: {result.error}", soft_wrap=True)
+            self.console.print(
+                f"sepcli: failed: {shown(result.input)}: {result.error}",
+                soft_wrap=True,
+                markup=False,
+            )
         # Skipped tracks count too, so a resumed batch's bar ends full.
         self.progress.advance(self._batch_task(), 1)
 
@@ -78,7 +83,7 @@ class RichReporter(Reporter):
         for r in results:
             duration = f"{r.duration:.1f} s" if r.duration else "-"
             status = r.status if r.status != "failed" else f"failed: {r.error}"
-            table.add_row(r.input, duration, f"{r.seconds:.1f} s", status)
-        self.console.print(table)
+            table.add_row(shown(r.input), duration, f"{r.seconds:.1f} s", status)
+        self.console.print(table, markup=False)
         counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
         self.console.print(", ".join(f"{n} {s}" for s, n in counts.items()))

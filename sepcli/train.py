@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,14 @@ from sepcli import checkpoints
 from sepcli.allocator import keep_freed_memory
 from sepcli.data import STEMS, RemixDataset, load_musdb_stems, resample_stems
 from sepcli.engine import Demixer, autocast_for, resolve_device
-from sepcli.files import atomic_write
+from sepcli.files import atomic_write, not_a_regular_file
+from sepcli.messages import one_line
 from sepcli.losses import framewise_sdr_loss
 
 LOSSES = ("model", "sdr")
+# Far above any real run; a typo past them would allocate terabytes before the first step.
+TRAIN_CEILINGS = {"segment": 60.0, "batch_size": 4096, "accumulate": 4096, "steps": 10**9,
+                  "valid_every": 10**9}  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -72,8 +77,11 @@ class TrainSettings:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("segment", "lr", "grad_clip"):
-            if not getattr(self, name) > 0:
+            if not getattr(self, name) > 0 or not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name, high in TRAIN_CEILINGS.items():
+            if getattr(self, name) > high:
+                raise ValueError(f"{name} must be at most {high}, got {getattr(self, name)}")
         if self.warmup < 0 or self.weight_decay < 0:
             raise ValueError("warmup and weight_decay cannot be negative")
         if not 0 <= self.coherent <= 1:
@@ -91,7 +99,25 @@ class TrainSettings:
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"unknown training key(s): {', '.join(unknown)}")
-        return cls(**values)
+        hints = typing.get_type_hints(cls)
+        return cls(**{name: _typed(name, value, hints[name]) for name, value in values.items()})
+
+
+def _typed(name: str, value: Any, hint: Any) -> Any:
+    """A training value checked against its annotation (ints pass for floats)."""
+    kinds = set(typing.get_args(hint)) or {hint}
+    if value is None and type(None) in kinds:
+        return None
+    if bool in kinds and isinstance(value, bool):
+        return value
+    if int in kinds and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if float in kinds and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if str in kinds and isinstance(value, str):
+        return value
+    wanted = " or ".join(sorted(k.__name__ for k in kinds))
+    raise ValueError(f"training key '{name}' must be {wanted}, got {one_line(repr(value), 80)}")
 
 
 def load_preset(architecture: str, preset: str | Path | None) -> dict[str, Any]:
@@ -240,6 +266,8 @@ def train(
     _refuse_a_file_in_the_way(out)
     if not resume:
         _refuse_to_overwrite_a_run(out)
+    # A state that cannot be resumed is refused before minutes of data loading.
+    state = read_state(out / "state.pt", architecture) if resume else None
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     device = resolve_device(device_name)
     owns_group = distributed and not dist.is_initialized()
@@ -292,19 +320,23 @@ def train(
     step, best, history = 0, -math.inf, {"valid": []}
     state_path = out / "state.pt"
     if resume:
-        if not state_path.exists():
-            raise FileNotFoundError(f"nothing to resume: {state_path} does not exist")
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        ema.state = state["ema"]
-        step, best = int(state["step"]), float(state["best"])
-        rng_state = state if rank == 0 else _load_rank_rng(out, rank, step)
-        rng.bit_generator.state = json.loads(rng_state["numpy_rng"])
-        torch.set_rng_state(rng_state["torch_rng"])
-        history = json.loads(state["history"])
+        try:
+            checkpoints.load_state_strict(model, state["model"], str(state_path))
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            ema.state = {k: v.to(device) for k, v in state["ema"].items()}
+            step, best = int(state["step"]), float(state["best"])
+            history = json.loads(state["history"])
+        except (KeyError, ValueError, TypeError, RuntimeError, json.JSONDecodeError) as err:
+            raise checkpoints.CheckpointError(
+                one_line(
+                    f"{state_path} does not fit this run ({type(err).__name__}: {err}); "
+                    "give a new --out to start afresh"
+                )
+            )
+        _restore_rng(state if rank == 0 else _load_rank_rng(out, rank, step), rng, device)
         log(f"resumed from step {step}")
+    start_step = step
 
     compute_loss: torch.nn.Module = LossForward(model, settings.loss)
     if distributed:
@@ -323,7 +355,9 @@ def train(
         "world_size": dist.get_world_size() if dist.is_initialized() else 1,
         "training": dataclasses.asdict(settings),
     }
-    metrics_file = open(out / "metrics.jsonl", "a") if _is_main() else None
+    # Opened at the first finished step: a run that fails before it leaves no run files behind
+    # (they would make a plain rerun ask for --resume).
+    metrics_file = None
     model.train()
     started = time.perf_counter()
     bar = _progress_bar(progress and _is_main(), settings.steps, step)
@@ -374,7 +408,9 @@ def train(
                     )
                 last_valid = " ".join(f"{k[:3]} {v:.2f}" for k, v in scores.items())
                 _save_state(state_path, model, optimizer, schedule, ema, rng, step, best, history)
-            if metrics_file is not None:
+            if _is_main():
+                if metrics_file is None:
+                    metrics_file = open(out / "metrics.jsonl", "a")
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
             if bar is not None:
@@ -384,11 +420,14 @@ def train(
             bar.close()
         if metrics_file is not None:
             metrics_file.close()
-        if _is_main():  # also on Ctrl-C, so --resume continues from the last finished step
-            _save_state(state_path, model, optimizer, schedule, ema, rng, step, best, history)
-        else:
-            _save_rank_rng(out, rank, rng, step)
-    if _is_main():
+        # Also on Ctrl-C, so --resume continues from the last finished step; nothing when no step
+        # finished (a fresh run that failed at once is no run to resume).
+        if step > start_step:
+            if _is_main():
+                _save_state(state_path, model, optimizer, schedule, ema, rng, step, best, history)
+            else:
+                _save_rank_rng(out, rank, rng, step)
+    if _is_main() and (out / "metrics.jsonl").exists():
         plot_curves(out / "metrics.jsonl", out / "curves.png")
     if owns_group:
         # Gloo's threads may still hold the DDP reducer's work; left to interpreter shutdown it
@@ -424,8 +463,38 @@ def _with_state(
     return copy.eval()
 
 
+STATE_KEYS = {"model", "optimizer", "schedule", "ema", "numpy_rng", "torch_rng", "step", "best",
+              "history"}  # fmt: skip
+
+
+def read_state(path: Path, architecture: str) -> dict:
+    """`state.pt` for --resume, loaded on the CPU (tensors move to the device as they load),
+    or a one-line CheckpointError: missing, truncated, not a state, another architecture's."""
+    problem = not_a_regular_file(path)
+    if problem == "not found":
+        raise FileNotFoundError(f"nothing to resume: {path} does not exist")
+    if problem:
+        raise checkpoints.CheckpointError(f"{path}: {problem}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated zip, garbage, refused pickle: all one answer
+        raise checkpoints.CheckpointError(
+            f"{path} is truncated or not a sepcli training state ({type(err).__name__}); "
+            "give a new --out to start afresh"
+        )
+    if not isinstance(state, dict) or not STATE_KEYS <= set(state):
+        raise checkpoints.CheckpointError(f"{path} is not a sepcli training state")
+    saved = state.get("architecture", architecture)
+    if saved != architecture:
+        raise checkpoints.CheckpointError(
+            f"{path} is from a {one_line(str(saved), 40)} run, not {architecture}; give a new --out"
+        )
+    return state
+
+
 def _save_state(path, model, optimizer, schedule, ema, rng, step, best, history) -> None:
     state = {
+        "architecture": checkpoints.architecture_of(model),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
@@ -444,8 +513,21 @@ def _save_atomic(state: dict, path: Path) -> None:
 
 
 def _rng_state(rng: np.random.Generator) -> dict:
-    """The data and torch RNG as saved in `state.pt` and in each rank's `rng-rank{N}.pt`."""
-    return {"numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state()}
+    """The data and torch RNGs as saved in `state.pt` and in each rank's `rng-rank{N}.pt`: the
+    CPU generator, and each CUDA device's where CUDA is in use (dropout draws there)."""
+    state = {"numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda_rng"] = torch.stack(torch.cuda.get_rng_state_all())
+    return state
+
+
+def _restore_rng(state: dict, rng: np.random.Generator, device: torch.device) -> None:
+    """Put back what `_rng_state` saved. RNG states are CPU byte tensors whatever the device
+    (`set_rng_state` refuses one that a map_location moved to a GPU)."""
+    rng.bit_generator.state = json.loads(state["numpy_rng"])
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state_all(list(state["cuda_rng"].cpu()))
 
 
 def _save_rank_rng(out: Path, rank: int, rng: np.random.Generator, step: int) -> None:
@@ -455,7 +537,7 @@ def _save_rank_rng(out: Path, rank: int, rng: np.random.Generator, step: int) ->
 
 def _load_rank_rng(out: Path, rank: int, step: int) -> dict:
     path = out / f"rng-rank{rank}.pt"
-    state = torch.load(path, weights_only=True) if path.exists() else None
+    state = torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
     if state is None or int(state["step"]) != step:
         raise FileNotFoundError(
             f"cannot resume rank {rank} exactly: {path} is missing or not from step {step}"

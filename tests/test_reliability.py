@@ -432,7 +432,7 @@ def test_an_output_that_would_overwrite_its_input_is_refused(tmp_path, capsys, m
     assert (tmp_path / "vocals.wav").read_bytes() == before
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_interrupt_mid_batch_keeps_finished_tracks_and_a_rerun_completes(sig, tmp_path,
                                                                          tiny_checkpoint):  # fmt: skip
     folder = _mkdir(tmp_path / "in")
@@ -636,3 +636,502 @@ def test_the_interruption_message_says_what_each_command_kept():
     assert "--resume" in interrupted_outcome(["sepcli", "--debug", "train", "mel-roformer"])
     assert "cached" in interrupted_outcome(["sepcli", "evaluate", "-m", "default"])
     assert "finished tracks" in interrupted_outcome(["sepcli", "separate", "song.wav"])
+
+
+# ================================================================ round 2 (issue 39)
+# Each test below failed on the code before that round: data loss, one file stopping the batch,
+# hangs, memory bombs from tiny files, tracebacks and wrong exit codes.
+
+
+def _saved_variant(tmp_path: Path, name: str, tiny_checkpoint: Path, state=None, meta=None) -> Path:
+    """The tiny checkpoint with other weights (`state`: key -> tensor) and/or metadata."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(tiny_checkpoint))
+    tensors = {k: (state(v) if state else v).contiguous() for k, v in tensors.items()}
+    metadata = checkpoints.read_metadata(tiny_checkpoint)
+    if meta is not None:
+        metadata = meta(metadata)
+    path = tmp_path / name
+    save_file(tensors, str(path), metadata={"sepcli": json.dumps(metadata)})
+    return path
+
+
+def _files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+@pytest.mark.parametrize("template", ["{model}/{track}.{ext}", "{model}", "{track}.{ext}"])
+def test_a_template_that_puts_two_stems_in_one_file_is_refused_before_any_work(
+    template, tmp_path, capsys, monkeypatch, tiny_checkpoint
+):
+    write_tone(tmp_path / "a.wav", 0.3)
+    code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "a.wav", "-m", tiny_checkpoint,
+                       "-o", tmp_path / "out", "--name", template)  # fmt: skip
+    assert code == 2 and "{stem}" in err and "one file" in err, err
+    assert _files_under(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("template", ["", ".", "{model}/..", "./", "{stem}/.."])
+def test_a_template_must_name_a_file_below_out(template, tmp_path, capsys, monkeypatch,
+                                               tiny_checkpoint):  # fmt: skip
+    write_tone(tmp_path / "a.wav", 0.3)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("the user's")
+    code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "a.wav", "-m", tiny_checkpoint,
+                       "-o", tmp_path / "out", "--name", template)  # fmt: skip
+    assert code == 2 and "--out" in err and "Traceback" not in err, err
+    assert "skipped" not in err
+    assert _files_under(tmp_path / "out") == [tmp_path / "out" / "keep.txt"]
+    # --out not there yet: it must not become a file either.
+    code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "a.wav", "-m", tiny_checkpoint,
+                       "-o", tmp_path / "new", "--name", template)  # fmt: skip
+    assert code == 2 and not (tmp_path / "new").exists()
+
+
+def test_an_output_where_a_folder_is_or_must_be_is_refused(tmp_path, capsys, monkeypatch,
+                                                           tiny_checkpoint):  # fmt: skip
+    write_tone(tmp_path / "a.wav", 0.3)
+    code, _, _ = run(capsys, monkeypatch, "separate", tmp_path / "a.wav", "-m", tiny_checkpoint,
+                     "-o", tmp_path / "out")  # fmt: skip
+    assert code == 0
+    before = {p: p.read_bytes() for p in _files_under(tmp_path / "out")}
+    # out/tiny/a is now the folder of the first run's stems.
+    code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "a.wav", "-m", tiny_checkpoint,
+                       "-o", tmp_path / "out", "--stems", "vocals", "--name", "{model}/{track}")  # fmt: skip
+    assert code == 2 and "folder" in err, err
+    assert {p: p.read_bytes() for p in _files_under(tmp_path / "out")} == before
+    # One output named as the folder of another ('x' and 'x/vocals.wav').
+    model = GainSeparator()
+    tracks, _ = batch.discover([str(tmp_path / "a.wav")], False)
+    with pytest.raises(batch.UsageError, match="file and a folder"):
+        batch.plan_outputs(tracks, tmp_path / "o2", "{stem}", "gain", ["s0", "s0/x"], "wav")
+    del model
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["{model}", "{track}", "{stem}", "{ext}", "{relpath}", "/", ".",
+                                 "..", "x", "{trackext}", "{", "}", "{stem.x}", "{0}", "{}",
+                                 "{stem!r}"]), max_size=8))  # fmt: skip
+def test_any_template_gives_distinct_files_below_out_or_a_usage_error(parts):
+    template = "".join(parts)
+    root = Path("/nonexistent-sepcli-root/out")
+    tracks = [
+        batch.Track(Path("/music/a.wav"), "a"),
+        batch.Track(Path("/music/sub/b.flac"), "sub/b"),
+    ]
+    try:
+        batch.plan_outputs(tracks, root, template, "m", ["vocals", "drums"], "wav")
+    except batch.UsageError:
+        return
+    targets = [p for t in tracks for p in t.outputs.values()]
+    assert len(set(targets)) == len(targets) == 4
+    for target in targets:
+        assert root in target.parents
+        assert not any(other in target.parents for other in targets)
+
+
+@pytest.mark.parametrize("weights", ["nan", "1e38", "inf"])
+def test_a_model_whose_output_is_not_finite_fails_the_track_and_writes_nothing(
+    weights, tmp_path, capsys, monkeypatch, tiny_checkpoint
+):
+    bad = _saved_variant(tmp_path, "bad.safetensors", tiny_checkpoint,
+                         state=lambda v: torch.full_like(v, float(weights)))  # fmt: skip
+    write_tone(tmp_path / "a.wav", 0.5)
+    code, doc, err = separate_json(capsys, monkeypatch, bad, tmp_path / "out", tmp_path / "a.wav")
+    one_line_failure(code, doc, err, "a.wav", "NaN or infinite")
+    assert _files_under(tmp_path / "out") == []
+
+
+def test_a_non_finite_block_never_reaches_a_stem_file(tmp_path):
+    writer = audio.StemWriter(tmp_path / "s.wav", 44100, 2, "wav", 16, "rescale")
+    writer.write(np.zeros((2, 100), np.float32))
+    with pytest.raises(audio.AudioError, match="NaN"):
+        writer.write(np.full((2, 100), np.nan, np.float32))
+    writer.abort()
+    assert _files_under(tmp_path) == []
+
+
+@pytest.mark.parametrize("damage", ["empty", "cut", "text", "short"])
+def test_a_rerun_redoes_a_track_whose_stem_is_not_whole_and_says_why(
+    damage, tmp_path, capsys, monkeypatch, tiny_checkpoint
+):
+    write_tone(tmp_path / "a.wav", 1.0)
+    write_tone(tmp_path / "b.wav", 1.0)
+    args = ("separate", tmp_path / "a.wav", tmp_path / "b.wav", "-m", tiny_checkpoint,
+            "-o", tmp_path / "out", "--json")  # fmt: skip
+    code, _, _ = run(capsys, monkeypatch, *args)
+    assert code == 0
+    drums = tmp_path / "out" / "tiny" / "a" / "drums.wav"
+    whole = drums.read_bytes()
+    if damage == "empty":
+        drums.write_bytes(b"")
+    elif damage == "cut":
+        drums.write_bytes(whole[: len(whole) // 2])
+    elif damage == "text":
+        drums.write_text("not audio")
+    else:  # a whole file, but of another length
+        sf.write(drums, np.zeros((100, 2)), 44100, subtype="PCM_16")
+    code, out, err = run(capsys, monkeypatch, *args)
+    statuses = [t["status"] for t in json.loads(out)["tracks"]]
+    assert code == 0 and statuses == ["done", "skipped"], err
+    assert "drums.wav" in err and "again" in err
+    assert drums.read_bytes() == whole
+
+
+def test_a_file_name_that_is_not_utf8_is_separated_and_shown_escaped(tmp_path, capfd,
+                                                                      tiny_checkpoint):  # fmt: skip
+    folder = _mkdir(tmp_path / "in")
+    good, bad = os.fsdecode(b"\xff\xfe good.wav"), os.fsdecode(b"\xfe\xff bad.wav")
+    write_tone(folder / "a.wav", 0.3)
+    write_tone(os.fsencode(folder / good), 0.3)  # soundfile encodes str names strictly
+    (folder / bad).write_text("not audio")
+    write_tone(folder / "z.wav", 0.3)
+    proc = subprocess.run([sys.executable, "-m", "sepcli", "separate", os.fsencode(folder), "-r",
+                           "-m", str(tiny_checkpoint), "-o", str(tmp_path / "out"), "--json"],
+                          capture_output=True, timeout=120)  # fmt: skip
+    err = proc.stderr.decode("utf-8")  # the messages are valid UTF-8 whatever the names hold
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    statuses = {
+        t["input"].rsplit("/", 1)[-1]: t["status"] for t in json.loads(proc.stdout)["tracks"]
+    }
+    assert statuses == {"a.wav": "done", good: "done", bad: "failed", "z.wav": "done"}
+    assert "\\xfe\\xff bad.wav" in err
+    stem = tmp_path / "out" / "tiny" / os.fsdecode(b"\xff\xfe good") / "vocals.wav"
+    assert sf.info(os.fsencode(stem)).frames == int(0.3 * 44100)
+
+
+def test_a_newline_in_a_file_name_keeps_the_message_on_one_line(tmp_path, capsys, monkeypatch,
+                                                                 tiny_checkpoint):  # fmt: skip
+    path = tmp_path / "two\nlines.wav"
+    path.write_text("not audio")
+    code, doc, err = separate_json(capsys, monkeypatch, tiny_checkpoint, tmp_path / "out", path)
+    assert code == 1 and doc["tracks"][0]["status"] == "failed"
+    (line,) = [line for line in err.splitlines() if "failed" in line and "lines.wav" in line]
+    assert "two\\x0alines.wav" in line
+
+
+def test_a_glob_through_symlink_loops_ends(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+    root = _mkdir(tmp_path / "d")
+    write_tone(root / "top.wav", 0.2)
+    write_tone(_mkdir(root / "sub") / "deep.wav", 0.2)
+    (root / "x").symlink_to(".")
+    (root / "y").symlink_to(".")
+    (root / "sub" / "up").symlink_to("..")
+    monkeypatch.chdir(tmp_path)
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the glob did not end"))
+    signal.alarm(30)
+    try:
+        tracks, _ = batch.discover(["d/**/*.wav"], False)
+        code, doc, err = separate_json(capsys, monkeypatch, tiny_checkpoint, tmp_path / "out",
+                                       "d/**/*.wav")  # fmt: skip
+    finally:
+        signal.alarm(0)
+    assert sorted(str(t.path) for t in tracks) == ["d/sub/deep.wav", "d/top.wav"]
+    assert code == 0 and len(doc["tracks"]) == 2, err
+    # glob's own rules hold: ** spans zero folders, wildcards skip dot-names.
+    (root / ".hidden").mkdir()
+    write_tone(root / ".hidden" / "h.wav", 0.2)
+    assert sorted(map(str, batch._glob("d/**/*.wav"))) == ["d/sub/deep.wav", "d/top.wav"]
+    assert sorted(map(str, batch._glob("d/.hidden/*.wav"))) == ["d/.hidden/h.wav"]
+
+
+@pytest.mark.parametrize("where", ["model", "info", "config", "input", "resume"])
+def test_a_fifo_where_a_file_is_expected_fails_at_once(where, tmp_path, tiny_checkpoint):
+    fifo = tmp_path / {"model": "m.safetensors", "info": "m.safetensors", "config": "c.yaml",
+                       "input": "in.wav", "resume": "run/state.pt"}[where]  # fmt: skip
+    fifo.parent.mkdir(exist_ok=True)
+    os.mkfifo(fifo)
+    write_tone(tmp_path / "a.wav", 0.2)
+    (tmp_path / "x.ckpt").write_bytes(b"")
+    out = ["-o", tmp_path / "out"]
+    args = {
+        "model": ["separate", tmp_path / "a.wav", "-m", fifo, *out],
+        "info": ["info", fifo],
+        "config": ["separate", tmp_path / "a.wav", "-m", tmp_path / "x.ckpt", "--config", fifo,
+                   *out],
+        "input": ["separate", fifo, "-m", tiny_checkpoint, *out],
+        "resume": ["train", "mel-roformer", "--musdb", tmp_path, "--out", tmp_path / "run",
+                   "--resume"],
+    }[where]  # fmt: skip
+    # Before the fix these blocked in open() for ever, deaf to SIGINT and SIGTERM.
+    proc = subprocess.run([sys.executable, "-m", "sepcli", *map(str, args)], capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+    assert "FIFO" in proc.stderr, proc.stderr
+    assert proc.returncode == (1 if where == "input" else 2)
+
+
+def test_a_rerun_removes_the_temp_files_a_killed_run_left_but_not_a_live_ones(tmp_path):
+    from sepcli import files
+
+    model = GainSeparator()
+    tracks, options = _plan(tmp_path, ["a.wav"], model)
+    target = tracks[0].outputs["s0"]
+    target.parent.mkdir(parents=True)
+    # What SIGKILL leaves: temp files of our naming, whose lock died with their process.
+    dead = [files.temp_beside(target, suffix) for suffix in (".raw.part", ".wav.part")]
+    for fd, _ in dead:
+        os.close(fd)
+    live_fd, live = files.temp_beside(target, ".raw.part")  # a writer that is still running
+    lookalike = target.parent / ".s0.wav.notours.raw.part"
+    lookalike.write_text("the user's")
+    try:
+        (result,) = batch.run_batch(tracks, Demixer(model), options, _Recorder())
+        assert result.status == "done"
+        assert not any(path.exists() for _, path in dead)
+        assert live.exists() and lookalike.exists()
+    finally:
+        os.close(live_fd)
+    assert [p for p in files.stale_temps(target)] == [live]
+
+
+def test_temp_names_stay_within_the_file_name_limit(tmp_path, capsys, monkeypatch,
+                                                     tiny_checkpoint):  # fmt: skip
+    write_tone(tmp_path / "a.wav", 0.3)
+    name = "n" * 247 + ".wav"  # 251 bytes: legal, but not with 20 more for a temp name
+    code, doc, err = separate_json(capsys, monkeypatch, tiny_checkpoint, tmp_path / "out",
+                                   tmp_path / "a.wav", extra=("--name", "{stem}/" + name))  # fmt: skip
+    assert code == 0, err
+    assert sf.info(tmp_path / "out" / "vocals" / name).frames == int(0.3 * 44100)
+    wide = "é" * 125 + ".wav"  # 254 bytes in UTF-8: the cut must not split a character
+    code, doc, err = separate_json(capsys, monkeypatch, tiny_checkpoint, tmp_path / "out2",
+                                   tmp_path / "a.wav", extra=("--name", "{stem}/" + wide))  # fmt: skip
+    assert code == 0, err
+    assert leftovers(tmp_path) == []
+
+
+def test_duplicate_stem_names_in_a_checkpoint_are_refused(tmp_path, capsys, monkeypatch,
+                                                          tiny_checkpoint):  # fmt: skip
+    def duplicate(meta):
+        meta["config"]["sources"] = ["a", "a", "b", "c"]
+        return meta
+
+    bad = _saved_variant(tmp_path, "dup.safetensors", tiny_checkpoint, meta=duplicate)
+    write_tone(tmp_path / "a.wav", 0.3)
+    code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "a.wav", "-m", bad, "-o",
+                       tmp_path / "out")  # fmt: skip
+    assert code == 2 and "more than once" in err, err
+    assert leftovers(tmp_path) == [] and _files_under(tmp_path / "out") == []
+
+
+BILLION_LAUGHS = "\n".join(
+    [
+        'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]',
+        *(f"{n}: &{n} [{', '.join(['*' + p] * 9)}]" for p, n in zip("abcdefg", "bcdefgh")),
+    ]
+)
+
+
+@pytest.mark.parametrize("where", ["model:\n  dim: *h", "training:\n  instruments: *h"])
+def test_a_yaml_alias_bomb_is_refused_quickly_with_a_short_message(where, tmp_path, capsys,
+                                                                   monkeypatch):  # fmt: skip
+    config = tmp_path / "bomb.yaml"
+    config.write_text(BILLION_LAUGHS + "\n" + where + "\n")
+    (tmp_path / "x.ckpt").write_bytes(b"")
+    write_tone(tmp_path / "a.wav", 0.2)
+    start = time.perf_counter()
+    code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "a.wav", "-m",
+                       tmp_path / "x.ckpt", "--config", config)  # fmt: skip
+    assert code == 2 and "aliases" in err and len(err) < 1000, err[:2000]
+    code, _, err = run(capsys, monkeypatch, "train", "mel-roformer", "--musdb", tmp_path,
+                       "--out", tmp_path / "run", "--config", config)  # fmt: skip
+    assert code == 2 and "aliases" in err and len(err) < 1000, err[:2000]
+    assert time.perf_counter() - start < 20
+    recursive = tmp_path / "loop.yaml"
+    recursive.write_text("model: &m\n  dim: *m\n")
+    with pytest.raises(checkpoints.CheckpointError, match="recursive"):
+        checkpoints.read_yaml(recursive)
+
+
+def test_a_huge_yaml_is_refused_by_its_size(tmp_path):
+    config = tmp_path / "big.yaml"
+    with open(config, "w") as f:
+        f.write("model:\n  dim: 8\n")
+        f.write("# padding\n" * 200_000)
+    start = time.perf_counter()
+    with pytest.raises(checkpoints.CheckpointError, match="KB"):
+        checkpoints.read_yaml(config)
+    assert time.perf_counter() - start < 2
+
+
+# VmHWM, not ru_maxrss: a child started by vfork + exec inherits its parent's ru_maxrss.
+PEAK_OF = """
+import sys
+from sepcli.cli import main
+sys.argv = ["sepcli", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as done:
+    hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    print("peak", int(hwm.split()[1]) // 1024, file=sys.stderr)
+    raise
+"""
+
+
+def test_a_small_checkpoint_whose_config_asks_for_a_huge_model_is_refused_from_its_header(
+    tmp_path, tiny_checkpoint
+):
+    def huge(meta):
+        meta["config"].update(dim=4096, depth=32)
+        return meta
+
+    bad = _saved_variant(tmp_path, "huge.safetensors", tiny_checkpoint, meta=huge)
+    assert bad.stat().st_size < 8_000_000  # the config it names would take gigabytes
+    write_tone(tmp_path / "a.wav", 0.2)
+    for args in (["info", bad], ["separate", tmp_path / "a.wav", "-m", bad, "-o", tmp_path / "o"]):
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", PEAK_OF, *map(str, args)], capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 2 and "shape mismatch" in proc.stderr, proc.stderr
+        peak_mb = int(proc.stderr.split("peak ")[-1])
+        assert peak_mb < 1000 and time.perf_counter() - start < 60, (peak_mb, proc.stderr)
+
+
+@pytest.mark.parametrize("metadata", ["null", "[]", '"text"', '{"architecture": 5}'])
+def test_checkpoint_metadata_of_the_wrong_shape_is_a_one_line_error(metadata, tmp_path, capsys,
+                                                                    monkeypatch):  # fmt: skip
+    from safetensors.torch import save_file
+
+    path = tmp_path / "m.safetensors"
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"sepcli": metadata})
+    write_tone(tmp_path / "a.wav", 0.2)
+    for args in (["info", path], ["separate", tmp_path / "a.wav", "-m", path]):
+        code, _, err = run(capsys, monkeypatch, *args)
+        assert code == 2 and "metadata" in err and "unexpected" not in err, err
+
+
+@pytest.mark.parametrize("field", ["meta", "config", "inference"])
+def test_a_checkpoint_rate_of_zero_or_a_wild_engine_default_is_refused(field, tmp_path, capsys,
+                                                                       monkeypatch, tiny_checkpoint):  # fmt: skip
+    def broken(meta):
+        if field == "meta":
+            meta["sample_rate"] = 0
+        elif field == "config":
+            meta["config"]["sample_rate"] = 0
+        else:
+            meta["inference"] = {"segment": 10**12}
+        return meta
+
+    bad = _saved_variant(tmp_path, "bad.safetensors", tiny_checkpoint, meta=broken)
+    write_tone(tmp_path / "a.wav", 0.2)
+    code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "a.wav", "-m", bad, "-o",
+                       tmp_path / "o")  # fmt: skip
+    assert (
+        code == 2 and "unexpected" not in err and "bad.safetensors" in err or "sample_rate" in err
+    ), err
+
+
+@pytest.mark.parametrize("name", ["x[/]y.wav", "song [live].wav", "[bold]b.wav"])
+def test_brackets_in_names_are_shown_as_they_are(name, tmp_path, capsys, monkeypatch,
+                                                  tiny_checkpoint):  # fmt: skip
+    path = tmp_path / name  # "x[/]y.wav" is "]y.wav" in a folder "x["
+    _mkdir(path.parent)
+    write_tone(path, 0.2)
+    code, out, err = run(capsys, monkeypatch, "separate", path, "-m", tiny_checkpoint, "-o",
+                         tmp_path / "out", "--json")  # fmt: skip
+    assert code == 0 and "Traceback" not in err, err
+    assert json.loads(out)["tracks"][0]["status"] == "done"
+    bad = tmp_path / name.replace(".wav", " bad.wav")
+    bad.write_text("not audio")
+    code, out, err = run(capsys, monkeypatch, "separate", bad, "-m", tiny_checkpoint, "-o",
+                         tmp_path / "out")  # fmt: skip
+    assert code == 1 and bad.name in err and "Traceback" not in err, err
+    code, _, err = run(capsys, monkeypatch, "separate", path, "-m", tmp_path / "[/]m.safetensors")
+    assert code == 2 and "[/]m.safetensors" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("args", [
+    ("--name", "{track.foo}/{stem}.{ext}"), ("--name", "{stem[0]}.{ext}"),
+    ("--name", "{stem!r}.{ext}"), ("--name", "{stem:>300}.{ext}"), ("--segment", "1e9"),
+    ("--segment", "inf"), ("--segment", "nan"), ("--sample-rate", "3000000000"),
+    ("--overlap", "0.9999"), ("--batch-size", "1000000000"), ("--shifts", "100000")])  # fmt: skip
+def test_wild_options_are_usage_errors(args, tmp_path, capsys, monkeypatch, tiny_checkpoint):
+    write_tone(tmp_path / "a.wav", 0.2)
+    code, _, err = run(capsys, monkeypatch, "separate", tmp_path / "a.wav", "-m", tiny_checkpoint,
+                       "-o", tmp_path / "out", *args)  # fmt: skip
+    assert code == 2 and "unexpected" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("rate", [1, 999, 2_000_000_000])
+def test_an_input_whose_header_claims_a_wild_rate_fails_alone(rate, tmp_path, capsys, monkeypatch,
+                                                              tiny_checkpoint):  # fmt: skip
+    path = tmp_path / "odd.wav"
+    sf.write(path, np.zeros((8000, 1), np.int16), 8000, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    data[24:28] = rate.to_bytes(4, "little")  # the fmt chunk's sample rate
+    path.write_bytes(bytes(data))
+    start = time.perf_counter()
+    code, doc, err = separate_json(capsys, monkeypatch, tiny_checkpoint, tmp_path / "out", path)
+    one_line_failure(code, doc, err, "odd.wav", "sample rate")
+    assert time.perf_counter() - start < 30
+
+
+def _musdb_like(root: Path) -> None:
+    (root / "test").mkdir(parents=True)
+    (root / "train").mkdir()
+    (root / "test" / "broken.stem.mp4").write_text("not a video\n")
+
+
+@needs_ffmpeg
+def test_evaluate_names_a_track_it_cannot_read(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+    _musdb_like(tmp_path / "musdb")
+    code, _, err = run(capsys, monkeypatch, "evaluate", "-m", tiny_checkpoint, "--musdb",
+                       tmp_path / "musdb", "--out", tmp_path / "res", "-q")  # fmt: skip
+    assert code == 1 and "broken.stem.mp4" in err and "unexpected" not in err, err
+
+
+@pytest.mark.parametrize("content", ["{}", '{"stems": ', "[1, 2]", '{"stems": {"v": 1}}', ""])
+def test_evaluate_compare_names_a_summary_that_is_not_one(content, tmp_path, capsys,
+                                                          monkeypatch):  # fmt: skip
+    _mkdir(tmp_path / "r1")
+    (tmp_path / "r1" / "summary.json").write_text(content)
+    code, _, err = run(capsys, monkeypatch, "evaluate", "compare", tmp_path / "r1")
+    assert code == 2 and "summary.json" in err and "unexpected" not in err, err
+
+
+def test_train_refuses_a_wild_segment_and_leaves_no_run_behind(tmp_path, capsys, monkeypatch):
+    for value in ("1e9", "inf", "nan"):
+        code, _, err = run(capsys, monkeypatch, "train", "mel-roformer", "--musdb", tmp_path,
+                           "--out", tmp_path / "run", "--segment", value)  # fmt: skip
+        assert code == 2 and "segment" in err and "unexpected" not in err, err
+        assert not (tmp_path / "run" / "state.pt").exists()
+
+
+@pytest.mark.parametrize("state", ["truncated", "garbage", "other-architecture", "not-a-dict"])
+def test_train_resume_from_a_bad_state_is_one_line(state, tmp_path, capsys, monkeypatch):
+    from sepcli import train as training
+
+    run_dir = _mkdir(tmp_path / "run")
+    path = run_dir / "state.pt"
+    if state == "garbage":
+        path.write_bytes(np.random.default_rng(0).bytes(5000))
+    elif state == "not-a-dict":
+        torch.save([torch.zeros(1)], path)
+    else:
+        model = checkpoints.build_model("complex-mask", {"channels": [8, 16, 32]})
+        optimizer = torch.optim.AdamW(model.parameters())
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+        ema = training.EMA(model, 0.9)
+        training._save_state(path, model, optimizer, schedule, ema, np.random.default_rng(0),
+                             3, 1.0, {"valid": []})  # fmt: skip
+        if state == "truncated":
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) // 3])
+    code, _, err = run(capsys, monkeypatch, "train", "mel-roformer", "--musdb", tmp_path,
+                       "--out", run_dir, "--resume")  # fmt: skip
+    assert code == 2 and "state.pt" in err and "unexpected" not in err, err
+    assert len(err.strip().splitlines()) == 1 and len(err) < 800, err
+
+
+def test_models_import_refuses_to_write_over_its_own_input(tmp_path, capsys, monkeypatch,
+                                                           tiny_checkpoint):  # fmt: skip
+    ckpt = tmp_path / "x.ckpt"
+    ckpt.write_bytes(b"the user's checkpoint")
+    config = tmp_path / "x.yaml"
+    config.write_text("model:\n  dim: 8\n")
+    for out in (ckpt, config, tmp_path / "." / "x.ckpt"):
+        code, _, err = run(capsys, monkeypatch, "models", "import", ckpt, "--config", config,
+                           "-o", out)  # fmt: skip
+        assert code == 2 and "itself" in err, err
+    assert ckpt.read_bytes() == b"the user's checkpoint"
