@@ -59,6 +59,17 @@ class ComplexMaskUNetConfig(SeparatorConfig):
             )
 
 
+def bounded_complex_mask(real: Tensor, imag: Tensor) -> Tensor:
+    """`tanh(|O|) * O / |O|` for O = real + i imag (Choi et al. 2019), computed in float32 or
+    float64: in fp16, `real**2` underflows to 0 below about 2.4e-4 and the 1e-12 guard rounds
+    away, so tanh(0)/0 would give NaN stems; bf16 has no complex dtype at all."""
+    dtype = torch.float64 if real.dtype == torch.float64 else torch.float32
+    real, imag = real.to(dtype), imag.to(dtype)
+    magnitude = torch.sqrt(real.square() + imag.square() + 1e-12)
+    scale = torch.tanh(magnitude) / magnitude
+    return torch.complex(real * scale, imag * scale)
+
+
 class Encoder(nn.Module):
     def __init__(self, cin: int, cout: int, cfg: ComplexMaskUNetConfig) -> None:
         super().__init__()
@@ -141,12 +152,12 @@ class ComplexMaskUNet(Separator):
         out = self.head(torch.cat([x, skips.pop()], dim=1))[..., :frames]
 
         sources = len(self.sources)
+        # The masks are made at the spectrum's precision (float32), whatever autocast ran the
+        # convolutions in: bf16 has no complex type, and fp16 squares underflow (see below).
+        out = out.to(spec.real.dtype)
         if cfg.mask == "complex":
             out = out.reshape(batch, sources, channels, 2, freqs - 1, frames)
-            real, imag = out[:, :, :, 0], out[:, :, :, 1]
-            magnitude = torch.sqrt(real.square() + imag.square() + 1e-12)
-            scale = torch.tanh(magnitude) / magnitude
-            mask = torch.complex(real * scale, imag * scale)
+            mask = bounded_complex_mask(out[:, :, :, 0], out[:, :, :, 1])
         else:
             mask = torch.sigmoid(out.reshape(batch, sources, channels, freqs - 1, frames))
         return F.pad(mask, (0, 0, 0, 1))  # Nyquist bin: zero mask
@@ -170,4 +181,4 @@ class ComplexMaskUNet(Separator):
         return F.l1_loss(torch.view_as_real(estimate), torch.view_as_real(reference))
 
 
-__all__ = ["ComplexMaskUNet", "ComplexMaskUNetConfig"]
+__all__ = ["ComplexMaskUNet", "ComplexMaskUNetConfig", "bounded_complex_mask"]

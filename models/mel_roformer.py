@@ -99,20 +99,53 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         freqs = 10000.0 ** (-torch.arange(0, dim_head, 2, dtype=torch.float32) / dim_head)
         self.freqs = nn.Parameter(freqs, requires_grad=False)
+        self._cache: tuple[tuple, Rotation] | None = None
 
-    def rotation(self, length: int, device: torch.device) -> Tensor:
-        """Unit complex rotations e^{i p w} for positions 0..length-1: [length, 1, dim_head/2]."""
+    def rotation(self, length: int, device: torch.device) -> Rotation:
+        """Rotations by p * w for positions p = 0..length-1, [length, 1, dim_head/2]: unit
+        complex numbers, or (cos, sin) on devices without fast complex kernels (MPS). Cached:
+        every layer of a transformer and every call at the same length reuse them."""
+        key = (length, device, *_identity(self.freqs))
+        if self._cache is not None and self._cache[0] == key and None not in key:
+            return self._cache[1]
         positions = torch.arange(length, device=device)
         angles = positions[:, None].to(self.freqs.dtype) * self.freqs.to(device)[None, :]
-        return torch.polar(torch.ones_like(angles), angles)[:, None, :]
+        angles = angles[:, None, :]
+        rotation: Rotation
+        if device.type in COMPLEX_DEVICES:
+            rotation = torch.polar(torch.ones_like(angles), angles)
+        else:
+            rotation = (angles.cos(), angles.sin())
+        self._cache = (key, rotation)
+        return rotation
 
 
-def apply_rotation(x: Tensor, rotation: Tensor) -> Tensor:
+def _identity(tensor: Tensor) -> tuple:
+    """What tells a tensor's current values apart for a cache: storage, version, dtype, device.
+    Inference tensors keep no version (None: never cached)."""
+    version = None if tensor.is_inference() else tensor._version
+    return (tensor.data_ptr(), version, tensor.dtype, tensor.device)
+
+
+# Devices whose complex multiply is fast; elsewhere (MPS) RoPE runs on real cos/sin pairs.
+COMPLEX_DEVICES = ("cpu", "cuda")
+Rotation = Tensor | tuple[Tensor, Tensor]
+
+
+def apply_rotation(x: Tensor, rotation: Rotation) -> Tensor:
     """Interleaved RoPE: feature pairs (2i, 2i+1) rotate together, as one complex number each.
 
     x: [batch, seq, heads, dim_head] (may be a strided view); returns the same shape, contiguous.
     """
     dtype = x.dtype if x.dtype == torch.float64 else torch.float32
+    if isinstance(rotation, tuple):
+        cos, sin = (r.to(dtype) for r in rotation)
+        even, odd = x.to(dtype).unflatten(-1, (-1, 2)).unbind(-1)  # each (b, n, h, e/2)
+        return (
+            torch.stack((even * cos - odd * sin, even * sin + odd * cos), -1)
+            .flatten(-2)
+            .to(x.dtype)
+        )
     pairs = torch.view_as_complex(x.to(dtype).unflatten(-1, (-1, 2)))  # to (b, n, h, e/2) complex
     return torch.view_as_real(pairs * rotation.to(pairs.dtype)).flatten(-2).to(x.dtype)
 
@@ -131,13 +164,32 @@ class Attention(nn.Module):
             nn.Linear(heads * dim_head, dim, bias=False), nn.Dropout(dropout)
         )
 
-    def forward(self, x: Tensor, rotation: Tensor) -> Tensor:
+    def fused_projection(self) -> tuple[Tensor, Tensor]:
+        """One weight and bias for q, k, v and the gates, so the normalised input is read once.
+
+        Without autograd the concatenation is cached until the weights change (a load, a
+        training step, a move to another device), instead of rebuilt on every call.
+        """
+        qkv, gates, gates_bias = self.to_qkv.weight, self.to_gates.weight, self.to_gates.bias
+
+        def fused() -> tuple[Tensor, Tensor]:
+            zeros = qkv.new_zeros(qkv.shape[0])
+            return torch.cat([qkv, gates]), torch.cat([zeros, gates_bias])
+
+        if torch.is_grad_enabled():
+            return fused()
+        key = tuple(part for t in (qkv, gates, gates_bias) for part in _identity(t))
+        if None in key:
+            return fused()
+        if getattr(self, "_fused_key", None) != key:
+            self._fused, self._fused_key = fused(), key
+        return self._fused
+
+    def forward(self, x: Tensor, rotation: Rotation) -> Tensor:
         """x: [batch, seq, dim] -> [batch, seq, dim]."""
         batch, seq, _ = x.shape
         h, e = self.heads, self.dim_head
-        # One GEMM for q, k, v and the gates, so the normalised input is read once.
-        weight = torch.cat([self.to_qkv.weight, self.to_gates.weight])
-        bias = torch.cat([self.to_qkv.weight.new_zeros(3 * h * e), self.to_gates.bias])
+        weight, bias = self.fused_projection()
         projected = F.linear(self.norm(x), weight, bias)
         # split/unbind rather than slicing: their backwards are one cat/stack, where each slice's
         # backward would zero-fill and copy a tensor the size of `projected`.
@@ -227,13 +279,15 @@ class Transformer(nn.Module):
     def forward(self, x: Tensor, out: Tensor | None = None) -> Tensor:
         """x: [B, N, seq, dim] (any strides): N independent sequences per batch item.
 
-        Without autograd, sequences go through in groups of about TOKENS_PER_GROUP tokens and are
-        written into `out` (any strides, e.g. a transposed view of the next stage's input). Every
-        temporary then stays under glibc's 32 MB mmap threshold and is reused from the heap;
-        full-size temporaries would be fresh mmaps that cost a page fault per 4 kB.
+        Without autograd on the CPU, sequences go through in groups of about TOKENS_PER_GROUP
+        tokens and are written into `out` (any strides, e.g. a transposed view of the next
+        stage's input). Every temporary then stays under glibc's 32 MB mmap threshold and is
+        reused from the heap; full-size temporaries would be fresh mmaps that cost a page fault
+        per 4 kB. On other devices, and under autograd, all sequences go through at once.
         """
         batch, count, seq, dim = x.shape
-        if torch.is_grad_enabled():
+        # Grouping dodges glibc's mmap threshold; on a GPU it would only multiply kernel launches.
+        if torch.is_grad_enabled() or x.device.type != "cpu":
             y = self.layers_forward(x.reshape(batch * count, seq, dim))
             return y.view(batch, count, seq, dim)
         if out is None:

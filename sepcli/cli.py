@@ -563,6 +563,10 @@ def interrupted_outcome(argv: list[str]) -> str:
 
 def main() -> None:
     """Entry point: run the app and turn user errors into one line and an exit code."""
+    # Apple GPUs: an op without an MPS kernel runs on the CPU instead of raising. Set before
+    # torch is first imported (the commands import it lazily).
+    if sys.platform == "darwin":
+        os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
     from sepcli.errors import describe
     from sepcli.messages import one_line
 

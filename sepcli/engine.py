@@ -58,20 +58,48 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """`auto` is bf16 (or fp16 where bf16 is missing) on CUDA and fp32 elsewhere."""
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """`auto` -> what runs on `device`: bf16 on CUDA GPUs with native bf16 (Ampere and later),
+    fp16 on older ones (emulated bf16 on a T4 or V100 is slower than fp32), fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise EngineError(f"unknown precision '{precision}' (use auto, fp32, bf16 or fp16)")
     if precision == "auto":
         if device.type != "cuda":
-            return contextlib.nullcontext()
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in dtypes:
-        raise EngineError(f"unknown precision '{precision}' (use auto, fp32, bf16 or fp16)")
+            return "fp32"
+        return "bf16" if native_bf16_on_cuda(device) else "fp16"
     if precision == "fp16" and device.type == "cpu":
         raise EngineError("fp16 is not supported on the CPU; use --precision bf16 or fp32")
-    return torch.autocast(device_type=device.type, dtype=dtypes[precision])
+    return precision
+
+
+def native_bf16_on_cuda(device: torch.device) -> bool:
+    try:  # torch >= 2.3 can leave emulation out
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:
+        return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast context for `precision` (see `resolve_precision`); none for fp32."""
+    resolved = resolve_precision(device, precision)
+    if resolved == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if resolved == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def use_fast_cuda_kernels(device: torch.device, precision: str) -> None:
+    """On CUDA, let cuDNN pick its fastest convolution for each shape and, unless the user asked
+    for exact fp32, let fp32 matmuls and convolutions run on TF32 tensor cores."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = True
+    if precision != "fp32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 class NonFiniteOutput(EngineError):
@@ -123,6 +151,7 @@ class Demixer:
         self.model = model.to(self.device).eval()
         self.precision = precision
         autocast_for(self.device, precision)  # validate early
+        use_fast_cuda_kernels(self.device, precision)
         self.hop = max(1, round(self.segment * (1 - overlap)))
         self.pad = self.segment // 2
         self.batch_size = batch_size
@@ -188,17 +217,20 @@ class Demixer:
         state.push(_reflect_pad(tail, 0, pad)[:, pad + 1 :])
         yield from state.finish(real_length=real_length)
 
-    def forward(self, chunks: np.ndarray) -> np.ndarray:
-        """Run the model on chunks [N, C, L] -> [N, S, C, L], halving the batch on OOM."""
-        outputs = []
+    def forward(self, chunks: np.ndarray) -> Iterator[torch.Tensor]:
+        """Run the model on chunks [N, C, L]; yield float32 [n, S, C, L] on the device, batch by
+        batch (N in all), halving the batch when the device runs out of memory."""
+        x = self.to_device(torch.from_numpy(chunks))
         size = self.batch_size
         start = 0
         while start < len(chunks):
-            part = chunks[start : start + size]
+            part = x[start : start + size]
             try:
-                outputs.append(self._forward_batch(part))
+                yield self._forward_batch(part)
                 start += len(part)
-            except torch.OutOfMemoryError:
+            except Exception as err:  # noqa: BLE001 - only out-of-memory is handled here
+                if not is_out_of_memory(err):
+                    raise
                 if size == 1:
                     raise OutOfMemory(
                         f"out of memory on {self.device} even with batch size 1 and segment "
@@ -206,29 +238,52 @@ class Demixer:
                     )
                 size = max(1, size // 2)
                 self.batch_size = size
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+                empty_cache(self.device)
                 if self.on_retry:
                     self.on_retry(
                         f"out of memory on {self.device}: retrying with batch size {size}"
                     )
-        return np.concatenate(outputs)
 
-    def _forward_batch(self, chunks: np.ndarray) -> np.ndarray:
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """Host -> device: from pinned memory and without blocking on CUDA, so the next chunks
+        are cut while this copy runs."""
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device)
+
+    def _forward_batch(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), autocast_for(self.device, self.precision):
-            x = torch.from_numpy(chunks).to(self.device)
             y = self.model(x).float()
             if self.tta:
                 # One view at a time, so TTA costs time but no extra memory.
                 y += self.model(x.flip(1)).float().flip(-2) - self.model(-x).float()
                 y /= 3
-            if not bool(torch.isfinite(y).all()):
-                # Written out, NaN becomes full-scale -1.0 in every stem: fail the track instead.
-                raise NonFiniteOutput(
-                    "the model's output holds NaN or infinite values (its weights may be "
-                    "corrupt, or try --precision fp32)"
-                )
-        return y.cpu().numpy()
+        return y
+
+
+# What each backend raises when an allocation fails: torch.OutOfMemoryError (torch >= 2.5; the
+# CUDA one before), and plain RuntimeErrors from MPS, cuBLAS and cuFFT.
+OOM_TYPES = tuple(
+    {t for t in (getattr(torch, "OutOfMemoryError", None),
+                 getattr(torch.cuda, "OutOfMemoryError", None)) if t is not None}
+)  # fmt: skip
+OOM_MESSAGES = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUFFT_ALLOC_FAILED",
+                "cuFFT error: CUFFT_INTERNAL_ERROR", "Failed to allocate")  # fmt: skip
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether `err` says the device ran out of memory, whichever backend raised it."""
+    if OOM_TYPES and isinstance(err, OOM_TYPES):
+        return True
+    return isinstance(err, RuntimeError) and any(m in str(err) for m in OOM_MESSAGES)
+
+
+def empty_cache(device: torch.device) -> None:
+    """Give the caching allocator's free blocks back, so a smaller retry can use them."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
 
 
 def _reflect_pad(x: np.ndarray, left: int, right: int) -> np.ndarray:
@@ -238,8 +293,19 @@ def _reflect_pad(x: np.ndarray, left: int, right: int) -> np.ndarray:
     return np.pad(x, ((0, 0), (left, right)), mode="reflect")
 
 
+# Chunks are cut, separated and added in groups of this many batches; finished output is copied
+# back once per group. The sums span a group's chunks, so this sets the engine's memory too.
+GROUP_BATCHES = 2
+
+
 class _OverlapAdd:
-    """The running state of one track: input buffer, output accumulator, next chunks."""
+    """The running state of one track: input buffer, output accumulator, next chunks.
+
+    The input is cut into chunks on the host; the weighted sums (float32: a sample sums at
+    most 1 / (1 - overlap) chunks, so an identity model comes back to within 1e-7) stay on the
+    model's device and only finished output is copied back, so the device never waits for the
+    host between batches.
+    """
 
     def __init__(self, demixer: Demixer, channels: int) -> None:
         self.demixer = demixer
@@ -248,11 +314,12 @@ class _OverlapAdd:
         self.buffer_start = 0  # padded index of buffer[:, 0]
         self.starts = demixer._chunk_starts()
         self.next_start = next(self.starts)
-        sources = len(demixer.sources)
-        # float64 accumulation keeps the overlap-add exact to float32 rounding of the result.
-        self.acc = np.zeros((sources, channels, 0), dtype=np.float64)
-        self.weight = np.zeros(0, dtype=np.float64)
+        device = demixer.device
+        self.window = torch.from_numpy(demixer.window).to(device)
+        self.acc = torch.zeros((len(demixer.sources), channels, 0), device=device)
+        self.weight = torch.zeros(0, device=device)
         self.emitted = 0  # padded index up to which output has been handed out
+        self.head = 0  # buffer index of padded sample `emitted` in acc and weight
 
     def push(self, block: np.ndarray) -> None:
         self.buffer = np.concatenate([self.buffer, block], axis=-1)
@@ -272,7 +339,7 @@ class _OverlapAdd:
         segment = demixer.segment
         while True:
             starts = []
-            while self.next_start <= limit and len(starts) < demixer.batch_size * 4:
+            while self.next_start <= limit and len(starts) < demixer.batch_size * GROUP_BATCHES:
                 starts.append(self.next_start)
                 self.next_start = next(self.starts)
             if not starts:
@@ -283,34 +350,55 @@ class _OverlapAdd:
                     :, start - self.buffer_start : start - self.buffer_start + segment
                 ]
                 chunks[i, :, : piece.shape[-1]] = piece
-            outputs = demixer.forward(chunks) * demixer.window
-            for start, out in zip(starts, outputs):
-                self._add(start, out)
+            self._add(starts, demixer.forward(chunks))
             yield from self._emit(self.next_start, end)
         # Everything before the next chunk (or the track end) is final.
         yield from self._emit(self.next_start if end is None else end, end)
 
-    def _add(self, start: int, out: np.ndarray) -> None:
-        offset = start - self.emitted
-        need = offset + out.shape[-1]
-        if need > self.weight.shape[0]:
-            grow = need - self.weight.shape[0]
-            self.acc = np.pad(self.acc, ((0, 0), (0, 0), (0, grow)))
-            self.weight = np.pad(self.weight, (0, grow))
-        self.acc[..., offset:need] += out
-        self.weight[offset:need] += self.demixer.window
+    @torch.inference_mode()
+    def _add(self, starts: list[int], batches: Iterable[torch.Tensor]) -> None:
+        """Window-weight each chunk's output [S, C, L] and add it in at its (ascending) start."""
+        segment = self.demixer.segment
+        self._reserve(starts[-1] - self.emitted + segment)
+        chunks = (out for batch in batches for out in batch)
+        for start, out in zip(starts, chunks):
+            at = self.head + start - self.emitted
+            self.acc[..., at : at + segment] += out * self.window
+            self.weight[at : at + segment] += self.window
 
+    def _reserve(self, need: int) -> None:
+        """Room for `need` samples from `emitted` on. The sums live in one buffer from `head`
+        on; emitted samples before `head` are dead. When the room runs out, the live part moves
+        to the front (a copy of under one chunk) and the buffer grows only if it must."""
+        size = self.weight.shape[0]
+        if self.head + need <= size:
+            return
+        live = size - self.head
+        if need > size:
+            acc = self.acc.new_zeros(*self.acc.shape[:2], need)
+            weight = self.weight.new_zeros(need)
+        else:
+            acc, weight = self.acc, self.weight
+        acc[..., :live] = self.acc[..., self.head :].clone()
+        weight[:live] = self.weight[self.head :].clone()
+        acc[..., live:] = 0
+        weight[live:] = 0
+        self.acc, self.weight, self.head = acc, weight, 0
+
+    @torch.inference_mode()
     def _emit(self, upto: int, end: int | None) -> Iterator[np.ndarray]:
         """Hand out output in [emitted, upto), cropped to the real (unpadded) samples."""
         pad = self.demixer.pad
         count = upto - self.emitted
         if count <= 0:
             return
-        out = self.acc[..., :count] / self.weight[:count]
         lo = max(pad, self.emitted) - self.emitted
         hi = count if end is None else min(count, end - self.emitted)
-        self.acc = self.acc[..., count:]
-        self.weight = self.weight[count:]
+        out = None
+        if hi > lo:
+            span = slice(self.head + lo, self.head + hi)
+            out = (self.acc[..., span] / self.weight[span]).cpu().numpy()
+        self.head += count
         self.emitted = upto
         # Input before the next chunk is no longer needed, but keep pad + 1 samples for the
         # reflection at the end of the track.
@@ -318,5 +406,11 @@ class _OverlapAdd:
         if keep_from > self.buffer_start:
             self.buffer = self.buffer[:, keep_from - self.buffer_start :]
             self.buffer_start = keep_from
-        if hi > lo:
-            yield out[..., lo:hi].astype(np.float32)
+        if out is not None:
+            if not np.isfinite(out).all():
+                # Written out, NaN becomes full-scale -1.0 in every stem: fail the track instead.
+                raise NonFiniteOutput(
+                    "the model's output holds NaN or infinite values (its weights may be "
+                    "corrupt, or try --precision fp32)"
+                )
+            yield out

@@ -10,11 +10,14 @@ EMA, RNG states and step. Under `torchrun` the same command trains with DDP.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
 import math
 import os
+import queue
+import threading
 import time
 import typing
 from collections.abc import Callable
@@ -30,7 +33,13 @@ from models.base import Separator
 from sepcli import checkpoints
 from sepcli.allocator import keep_freed_memory
 from sepcli.data import STEMS, RemixDataset, load_musdb_stems, resample_stems
-from sepcli.engine import Demixer, autocast_for, resolve_device
+from sepcli.engine import (
+    Demixer,
+    autocast_for,
+    resolve_device,
+    resolve_precision,
+    use_fast_cuda_kernels,
+)
 from sepcli.files import atomic_write, not_a_regular_file
 from sepcli.messages import one_line
 from sepcli.losses import framewise_sdr_loss
@@ -198,26 +207,27 @@ def lr_factor(step: int, settings: TrainSettings) -> float:
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def validate(model: Separator, tracks: list[np.ndarray], device: torch.device) -> dict[str, float]:
-    """Mean global SDR per source over whole validation tracks, through the real engine."""
-    scores = score_tracks(Demixer(model, overlap=0.25, batch_size=4, device=device), tracks)
-    model.train()
-    return scores
-
-
-def score_tracks(demixer: Demixer, tracks: list[np.ndarray]) -> dict[str, float]:
-    """Mean global SDR per source of `demixer` on whole tracks of stems [4, C, T] (STEMS order)."""
-    scores: dict[str, list[float]] = {s: [] for s in demixer.sources}
+def track_scores(demixer: Demixer, tracks: list[np.ndarray]) -> list[dict[str, float]]:
+    """Global SDR per source of `demixer` on each whole track of stems [4, C, T] (STEMS order)."""
+    scores = []
     for stems in tracks:
         mix = stems.sum(axis=0)
         estimate = demixer.separate(mix)
+        track = {}
         for i, source in enumerate(demixer.sources):
             if source == "accompaniment":
                 reference = mix - stems[STEMS.index("vocals")]
             else:
                 reference = stems[STEMS.index(source)]
-            scores[source].append(global_sdr(reference, estimate[i]))
-    return {s: float(np.mean(v)) for s, v in scores.items()}
+            track[source] = global_sdr(reference, estimate[i])
+        scores.append(track)
+    return scores
+
+
+def score_tracks(demixer: Demixer, tracks: list[np.ndarray]) -> dict[str, float]:
+    """Mean global SDR per source of `demixer` over whole tracks (see `track_scores`)."""
+    per_track = track_scores(demixer, tracks)
+    return {s: float(np.mean([t[s] for t in per_track])) for s in demixer.sources}
 
 
 class EMA:
@@ -267,177 +277,357 @@ def train(
     if not resume:
         _refuse_to_overwrite_a_run(out)
     # A state that cannot be resumed is refused before minutes of data loading.
-    state = read_state(out / "state.pt", architecture) if resume else None
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    device = resolve_device(device_name)
-    owns_group = distributed and not dist.is_initialized()
-    if owns_group:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    if device.type == "cpu":
-        keep_freed_memory()
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    saved = read_state(out / "state.pt", architecture) if resume else None
+    proc = _Process.start(device_name, settings)
+    model = _build_model(architecture, model_config, init, settings, proc.device)
+    segment = int(round(settings.segment * model.sample_rate))
+    # The run folder is made once the data has loaded, so a wrong --musdb leaves nothing behind.
+    data, valid_tracks, data_note = _training_data(musdb_root, is_wav, out / "cache", model,
+                                                   segment, settings)  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    run = _Run(model, architecture, settings, proc, out)
+    if saved is not None:
+        run.restore(saved)
+        log(f"resumed from step {run.step}")
+    provenance = {"data": data_note, "seed": settings.seed, "world_size": proc.world,
+                  "training": dataclasses.asdict(settings)}  # fmt: skip
+    end = min(settings.steps, stop_after or settings.steps)
+    batches = _Prefetcher(data, run.rng, settings, proc.device)
+    bar = _progress_bar(progress and proc.main, settings.steps, run.step)
+    metrics = _MetricsLog(out / "metrics.jsonl") if proc.main else None
+    start_step, last_valid = run.step, ""
+    try:
+        while run.step < end:
+            record = run.optimizer_step(batches)
+            if run.step % settings.valid_every == 0 or run.step == settings.steps:
+                scores = run.validate(valid_tracks)
+                record.update(
+                    valid_sdr=scores, valid_sdr_mean=float(np.mean(list(scores.values())))
+                )
+                run.save(provenance, scores)
+                last_valid = " ".join(f"{k[:3]} {v:.2f}" for k, v in scores.items())
+            if metrics is not None:
+                metrics.append(record)
+            if bar is not None:
+                bar.update(run.step, record, last_valid)
+    finally:
+        batches.close()
+        if bar is not None:
+            bar.close()
+        if metrics is not None:
+            metrics.close()
+        # Also on Ctrl-C, so --resume continues from the last finished step; nothing when no step
+        # finished (a fresh run that failed at once is no run to resume).
+        if run.step > start_step:
+            run.save_state()
+    if proc.main and (out / "metrics.jsonl").exists():
+        plot_curves(out / "metrics.jsonl", out / "curves.png")
+    proc.finish(run)
+    return {"steps": run.step, "best_valid_sdr": run.best, "out": str(out)}
+
+
+@dataclasses.dataclass
+class _Process:
+    """This process's place in the run: its device, and its rank when under torchrun (DDP)."""
+
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    owns_group: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @classmethod
+    def start(cls, device_name: str, settings: TrainSettings) -> "_Process":
+        device = resolve_device(device_name)
+        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        owns_group = distributed and not dist.is_initialized()
+        if owns_group:
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+            if device.type == "cuda":
+                device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(device)
+        if device.type == "cpu":
+            keep_freed_memory()
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        use_fast_cuda_kernels(device, settings.precision)
+        if dist.is_initialized():
+            return cls(device, dist.get_rank(), dist.get_world_size(), owns_group)
+        return cls(device)
+
+    def finish(self, run: "_Run") -> None:
+        if self.owns_group:
+            # Gloo's threads may still hold the DDP reducer's work; left to interpreter shutdown
+            # it aborts the process now and then ("terminate called without an active
+            # exception", torch 2.13) after a finished run. Free it while Python is still whole.
+            dist.barrier()
+            run.compute_loss = None
+            gc.collect()
+            dist.destroy_process_group()
+
+
+def _build_model(
+    architecture: str,
+    config: dict[str, Any],
+    init: Path | None,
+    settings: TrainSettings,
+    device: torch.device,
+) -> Separator:
     torch.manual_seed(settings.seed)
-    model = checkpoints.build_model(architecture, model_config).to(device)
+    model = checkpoints.build_model(architecture, config).to(device)
     if init is not None:
         loaded = checkpoints.load_model(str(init))
         checkpoints.load_init(model, loaded.model, str(init))
     if settings.loss == "sdr" and not model.differentiable_output:
         raise ValueError(f"--loss sdr cannot train {architecture}: its output is thresholded")
-    segment = int(round(settings.segment * model.sample_rate))
+    return model
 
-    # The run folder is made once the data has loaded, so a wrong --musdb leaves nothing behind.
-    cache = out / "cache"
+
+def _training_data(
+    musdb_root: Path,
+    is_wav: bool,
+    cache: Path,
+    model: Separator,
+    segment: int,
+    settings: TrainSettings,
+) -> tuple[RemixDataset, list[np.ndarray], str]:
+    """The remixing dataset, the whole validation tracks and a line describing the data."""
     names, train_stems, rate = load_musdb_stems(musdb_root, "train", "train", is_wav, cache)
     _, valid_stems, _ = load_musdb_stems(musdb_root, "train", "valid", is_wav, cache)
-    out.mkdir(parents=True, exist_ok=True)
     if settings.train_on_valid:
         train_stems = train_stems + valid_stems
     if rate != model.sample_rate:
         # Models at another rate (the IBM-CNN works at 22.05 kHz) train and validate there.
         train_stems = resample_stems(train_stems, rate, model.sample_rate)
         valid_stems = resample_stems(valid_stems, rate, model.sample_rate)
-    data = RemixDataset(
-        train_stems,
-        segment,
-        model.sources,
-        settings.silence_threshold,
-        coherent=settings.coherent,
-        speed=settings.speed,
-        mixup=settings.mixup,
-    )
-
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
-    )
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, settings))
-    ema = EMA(model, settings.ema)
-    rng = np.random.default_rng(settings.seed + rank)
-    step, best, history = 0, -math.inf, {"valid": []}
-    state_path = out / "state.pt"
-    if resume:
-        try:
-            checkpoints.load_state_strict(model, state["model"], str(state_path))
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["schedule"])
-            ema.state = {k: v.to(device) for k, v in state["ema"].items()}
-            step, best = int(state["step"]), float(state["best"])
-            history = json.loads(state["history"])
-        except (KeyError, ValueError, TypeError, RuntimeError, json.JSONDecodeError) as err:
-            raise checkpoints.CheckpointError(
-                one_line(
-                    f"{state_path} does not fit this run ({type(err).__name__}: {err}); "
-                    "give a new --out to start afresh"
-                )
-            )
-        _restore_rng(state if rank == 0 else _load_rank_rng(out, rank, step), rng, device)
-        log(f"resumed from step {step}")
-    start_step = step
-
-    compute_loss: torch.nn.Module = LossForward(model, settings.loss)
-    if distributed:
-        compute_loss = torch.nn.parallel.DistributedDataParallel(compute_loss)
-    scaler = torch.amp.GradScaler(
-        "cuda", enabled=device.type == "cuda" and settings.precision == "fp16"
-    )
-    provenance_base = {
-        "data": f"MUSDB18 {musdb_root.name} train split ({len(names)} tracks)"
+    data = RemixDataset(train_stems, segment, model.sources, settings.silence_threshold,
+                        coherent=settings.coherent, speed=settings.speed, mixup=settings.mixup)  # fmt: skip
+    note = (
+        f"MUSDB18 {Path(musdb_root).name} train split ({len(names)} tracks)"
         + (f" and valid split ({len(valid_stems)} tracks)" if settings.train_on_valid else "")
         + ", remixed"
         + (f" ({settings.coherent:.0%} real mixes)" if settings.coherent else "")
         + (f", speed changed by up to {settings.speed:.0%}" if settings.speed else "")
-        + (f", {settings.mixup:.0%} of stems summed from two tracks" if settings.mixup else ""),
-        "seed": settings.seed,
-        "world_size": dist.get_world_size() if dist.is_initialized() else 1,
-        "training": dataclasses.asdict(settings),
-    }
-    # Opened at the first finished step: a run that fails before it leaves no run files behind
-    # (they would make a plain rerun ask for --resume).
-    metrics_file = None
-    model.train()
-    started = time.perf_counter()
-    bar = _progress_bar(progress and _is_main(), settings.steps, step)
-    last_valid = ""
-    try:
-        while step < min(settings.steps, stop_after or settings.steps):
-            optimizer.zero_grad(set_to_none=True)
-            total = 0.0
-            for _ in range(settings.accumulate):
-                mix, targets = data.sample(rng, settings.batch_size)
-                mix_t = torch.from_numpy(mix).to(device)
-                targets_t = torch.from_numpy(targets).to(device)
-                with autocast_for(device, settings.precision):
-                    loss = compute_loss(mix_t, targets_t) / settings.accumulate
-                scaler.scale(loss).backward()
-                total += float(loss.detach())
-            scaler.unscale_(optimizer)
-            grad_norm = float(
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        + (f", {settings.mixup:.0%} of stems summed from two tracks" if settings.mixup else "")
+    )
+    return data, valid_stems, note
+
+
+class _Run:
+    """What one training run updates: the model, its optimizer, schedule, loss scaler and EMA,
+    the data RNG, the step and the best validation score; and how it checkpoints them."""
+
+    def __init__(
+        self,
+        model: Separator,
+        architecture: str,
+        settings: TrainSettings,
+        proc: _Process,
+        out: Path,
+    ) -> None:
+        self.model, self.architecture, self.settings, self.proc, self.out = (
+            model, architecture, settings, proc, out
+        )  # fmt: skip
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+        )
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, settings)
+        )
+        # Loss scaling wherever the run is in fp16, `auto` included (GPUs without native bf16).
+        resolved = resolve_precision(proc.device, settings.precision)
+        self.scaler = torch.amp.GradScaler(proc.device.type, enabled=resolved == "fp16")
+        self.ema = EMA(model, settings.ema)
+        self.rng = np.random.default_rng(settings.seed + proc.rank)
+        self.numpy_state = self.rng.bit_generator.state  # after the last batch trained on
+        self.step, self.best, self.history = 0, -math.inf, {"valid": []}
+        self.compute_loss: torch.nn.Module | None = LossForward(model, settings.loss)
+        if proc.distributed:
+            self.compute_loss = torch.nn.parallel.DistributedDataParallel(self.compute_loss)
+        self.started = time.perf_counter()
+        model.train()
+
+    def restore(self, state: dict) -> None:
+        path = self.out / "state.pt"
+        try:
+            checkpoints.load_state_strict(self.model, state["model"], str(path))
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["schedule"])
+            self.ema.state = {k: v.to(self.proc.device) for k, v in state["ema"].items()}
+            self.step, self.best = int(state["step"]), float(state["best"])
+            self.history = json.loads(state["history"])
+        except (KeyError, ValueError, TypeError, RuntimeError, json.JSONDecodeError) as err:
+            raise checkpoints.CheckpointError(
+                one_line(
+                    f"{path} does not fit this run ({type(err).__name__}: {err}); "
+                    "give a new --out to start afresh"
+                )
             )
-            scaler.step(optimizer)
-            scaler.update()
-            schedule.step()
-            ema.update(model, step)
-            step += 1
-            record: dict[str, Any] = {"step": step, "loss": total, "grad_norm": grad_norm,
-                                      "lr": schedule.get_last_lr()[0]}  # fmt: skip
-            at_checkpoint = step % settings.valid_every == 0 or step == settings.steps
-            if at_checkpoint and not _is_main():
-                _save_rank_rng(out, rank, rng, step)
-            if _is_main() and at_checkpoint:
-                scores = validate(
-                    _with_state(model, architecture, ema.state, device), valid_stems, device
-                )
-                mean = float(np.mean(list(scores.values())))
-                record["valid_sdr"] = scores
-                record["valid_sdr_mean"] = mean
-                history["valid"].append({"step": step, **scores})
-                provenance = {**provenance_base, "steps": step, "valid_global_sdr": scores,
-                              "train_seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
-                checkpoints.save_checkpoint(
-                    out / "last.safetensors", model, provenance, state=ema.state
-                )
-                if mean > best:
-                    best = mean
-                    checkpoints.save_checkpoint(
-                        out / "best.safetensors", model, provenance, state=ema.state
-                    )
-                last_valid = " ".join(f"{k[:3]} {v:.2f}" for k, v in scores.items())
-                _save_state(state_path, model, optimizer, schedule, ema, rng, step, best, history)
-            if _is_main():
-                if metrics_file is None:
-                    metrics_file = open(out / "metrics.jsonl", "a")
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
-            if bar is not None:
-                bar.update(step, total, last_valid)
-    finally:
-        if bar is not None:
-            bar.close()
-        if metrics_file is not None:
-            metrics_file.close()
-        # Also on Ctrl-C, so --resume continues from the last finished step; nothing when no step
-        # finished (a fresh run that failed at once is no run to resume).
-        if step > start_step:
-            if _is_main():
-                _save_state(state_path, model, optimizer, schedule, ema, rng, step, best, history)
-            else:
-                _save_rank_rng(out, rank, rng, step)
-    if _is_main() and (out / "metrics.jsonl").exists():
-        plot_curves(out / "metrics.jsonl", out / "curves.png")
-    if owns_group:
-        # Gloo's threads may still hold the DDP reducer's work; left to interpreter shutdown it
-        # aborts the process now and then ("terminate called without an active exception",
-        # torch 2.13) after a finished run. Free it while Python is still whole.
-        dist.barrier()
-        del compute_loss
-        gc.collect()
-        dist.destroy_process_group()
-    return {"steps": step, "best_valid_sdr": best, "out": str(out)}
+        rank_state = (
+            state if self.proc.main else _load_rank_rng(self.out, self.proc.rank, self.step)
+        )
+        _restore_rng(rank_state, self.rng, self.proc.device)
+        self.numpy_state = self.rng.bit_generator.state
+
+    def optimizer_step(self, batches: "_Prefetcher") -> dict[str, Any]:
+        """One optimizer step over `accumulate` micro-batches. The loss and gradient norm stay
+        on the device (reading them would wait for the GPU every step); `_MetricsLog` reads
+        them in bulk."""
+        settings, model = self.settings, self.model
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.proc.device)
+        for micro in range(settings.accumulate):
+            mix, targets, self.numpy_state = batches.next()
+            # Under DDP, gradients are all-reduced on the last micro-batch only.
+            last = micro == settings.accumulate - 1
+            sync = contextlib.nullcontext()
+            if self.proc.distributed and not last:
+                sync = self.compute_loss.no_sync()
+            with sync:
+                with autocast_for(self.proc.device, settings.precision):
+                    loss = self.compute_loss(mix, targets) / settings.accumulate
+                self.scaler.scale(loss).backward()
+            total += loss.detach().float()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.step()
+        self.ema.update(model, self.step)
+        self.step += 1
+        return {"step": self.step, "loss": total, "grad_norm": grad_norm,
+                "lr": self.schedule.get_last_lr()[0]}  # fmt: skip
+
+    def validate(self, tracks: list[np.ndarray]) -> dict[str, float]:
+        """EMA weights on whole validation tracks, each rank scoring its share."""
+        model = _with_state(self.model, self.architecture, self.ema.state, self.proc.device)
+        demixer = Demixer(model, overlap=0.25, batch_size=4, device=self.proc.device,
+                          precision=self.settings.precision)  # fmt: skip
+        mine = track_scores(demixer, tracks[self.proc.rank :: self.proc.world])
+        if self.proc.distributed:
+            gathered: list[Any] = [None] * self.proc.world
+            dist.all_gather_object(gathered, mine)
+            mine = [scores for part in gathered for scores in part]
+        self.model.train()
+        return {s: float(np.mean([t[s] for t in mine])) for s in demixer.sources}
+
+    def save(self, provenance: dict[str, Any], scores: dict[str, float]) -> None:
+        """Checkpoints after a validation: last, best if it is, and the exact state."""
+        mean = float(np.mean(list(scores.values())))
+        self.history["valid"].append({"step": self.step, **scores})
+        if self.proc.main:
+            provenance = {**provenance, "steps": self.step, "valid_global_sdr": scores,
+                          "train_seconds": round(time.perf_counter() - self.started, 1)}  # fmt: skip
+            for name, wanted in (("last", True), ("best", mean > self.best)):
+                if wanted:
+                    checkpoints.save_checkpoint(self.out / f"{name}.safetensors", self.model,
+                                                provenance, state=self.ema.state)  # fmt: skip
+        self.best = max(self.best, mean)
+        self.save_state()
+
+    def save_state(self) -> None:
+        """`state.pt` (rank 0) or this rank's data RNG (`rng-rank{N}.pt`), for --resume."""
+        if self.proc.main:
+            _save_state(self.out / "state.pt", self.model, self.optimizer, self.schedule,
+                        self.ema, self.numpy_state, self.step, self.best, self.history)  # fmt: skip
+        else:
+            _save_rank_rng(self.out, self.proc.rank, self.numpy_state, self.step)
+
+
+class _Prefetcher:
+    """Draws the next micro-batches on a worker thread while the model trains on this one,
+    in pinned memory for a non-blocking copy to a GPU.
+
+    Each batch comes with the data RNG's state after it was drawn: what `state.pt` must hold
+    for --resume to draw the very next batch, however far ahead the worker is.
+    """
+
+    def __init__(
+        self, data: Any, rng: np.random.Generator, settings: TrainSettings, device: torch.device,
+        depth: int = 2,
+    ) -> None:  # fmt: skip
+        self.device = device
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.worker = threading.Thread(
+            target=self._draw, args=(data, rng, settings.batch_size), daemon=True
+        )
+        self.worker.start()
+
+    def _draw(self, data: Any, rng: np.random.Generator, batch_size: int) -> None:
+        try:
+            while not self.stop.is_set():
+                mix, targets = data.sample(rng, batch_size)
+                item = (torch.from_numpy(mix), torch.from_numpy(targets))
+                if self.device.type == "cuda":
+                    item = tuple(t.pin_memory() for t in item)
+                self._put((*item, rng.bit_generator.state))
+        except BaseException as err:  # noqa: BLE001 - handed to the training thread
+            self._put(err)
+
+    def _put(self, item: Any) -> None:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        mix, targets, state = item
+        blocking = self.device.type != "cuda"
+        return (mix.to(self.device, non_blocking=not blocking),
+                targets.to(self.device, non_blocking=not blocking), state)  # fmt: skip
+
+    def close(self) -> None:
+        self.stop.set()
+        self.worker.join()
+
+
+class _MetricsLog:
+    """`metrics.jsonl`, one record per step. Records wait in a short list and are read from the
+    device together, so the GPU is waited for once per `every` steps instead of every step.
+    The file is opened at the first record: a run that fails at once leaves no run files."""
+
+    def __init__(self, path: Path, every: int = 10) -> None:
+        self.path, self.every = path, every
+        self.pending: list[dict[str, Any]] = []
+        self.file = None
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.pending.append(record)
+        if len(self.pending) >= self.every or "valid_sdr" in record:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        if self.file is None:
+            self.file = open(self.path, "a")
+        for record in self.pending:
+            self.file.write(json.dumps(_plain(record)) + "\n")
+        self.file.flush()
+        self.pending = []
+
+    def close(self) -> None:
+        self.flush()
+        if self.file is not None:
+            self.file.close()
+
+
+def _plain(record: dict[str, Any]) -> dict[str, Any]:
+    """A record with its device scalars read as floats."""
+    return {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in record.items()}
 
 
 class LossForward(torch.nn.Module):
@@ -492,14 +682,14 @@ def read_state(path: Path, architecture: str) -> dict:
     return state
 
 
-def _save_state(path, model, optimizer, schedule, ema, rng, step, best, history) -> None:
+def _save_state(path, model, optimizer, schedule, ema, numpy_state, step, best, history) -> None:
     state = {
         "architecture": checkpoints.architecture_of(model),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
         "ema": ema.state,
-        **_rng_state(rng),
+        **_rng_state(numpy_state),
         "step": step,
         "best": best,
         "history": json.dumps(history),
@@ -512,10 +702,10 @@ def _save_atomic(state: dict, path: Path) -> None:
         torch.save(state, tmp)
 
 
-def _rng_state(rng: np.random.Generator) -> dict:
+def _rng_state(numpy_state: dict) -> dict:
     """The data and torch RNGs as saved in `state.pt` and in each rank's `rng-rank{N}.pt`: the
     CPU generator, and each CUDA device's where CUDA is in use (dropout draws there)."""
-    state = {"numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state()}
+    state = {"numpy_rng": json.dumps(numpy_state), "torch_rng": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda_rng"] = torch.stack(torch.cuda.get_rng_state_all())
     return state
@@ -530,9 +720,9 @@ def _restore_rng(state: dict, rng: np.random.Generator, device: torch.device) ->
         torch.cuda.set_rng_state_all(list(state["cuda_rng"].cpu()))
 
 
-def _save_rank_rng(out: Path, rank: int, rng: np.random.Generator, step: int) -> None:
+def _save_rank_rng(out: Path, rank: int, numpy_state: dict, step: int) -> None:
     """Each DDP rank draws its own segments, so each keeps its own RNG for `--resume`."""
-    _save_atomic({"step": step, **_rng_state(rng)}, out / f"rng-rank{rank}.pt")
+    _save_atomic({"step": step, **_rng_state(numpy_state)}, out / f"rng-rank{rank}.pt")
 
 
 def _load_rank_rng(out: Path, rank: int, step: int) -> dict:
@@ -568,10 +758,16 @@ class _TrainBar:
         self.progress.start()
         self.task = self.progress.add_task("train", total=total, completed=start, info="")
         self.t0, self.s0 = time.perf_counter(), start
+        self.loss = float("nan")
 
-    def update(self, step: int, loss: float, valid: str) -> None:
+    def update(self, step: int, record: dict[str, Any], valid: str) -> None:
+        # The loss is read from the device every 10th step only: reading it waits for the GPU.
+        if step % 10 == 0 or step - self.s0 == 1 or "valid_sdr" in record:
+            self.loss = float(record["loss"])
         rate = (step - self.s0) / max(1e-9, time.perf_counter() - self.t0)
-        info = f"loss {loss:.4f}  {rate:.2f} step/s" + (f"  valid SDR {valid}" if valid else "")
+        info = f"loss {self.loss:.4f}  {rate:.2f} step/s" + (
+            f"  valid SDR {valid}" if valid else ""
+        )
         self.progress.update(self.task, completed=step, info=info)
 
     def close(self) -> None:

@@ -1113,7 +1113,8 @@ def test_train_resume_from_a_bad_state_is_one_line(state, tmp_path, capsys, monk
         optimizer = torch.optim.AdamW(model.parameters())
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
         ema = training.EMA(model, 0.9)
-        training._save_state(path, model, optimizer, schedule, ema, np.random.default_rng(0),
+        training._save_state(path, model, optimizer, schedule, ema,
+                             np.random.default_rng(0).bit_generator.state,
                              3, 1.0, {"valid": []})  # fmt: skip
         if state == "truncated":
             data = path.read_bytes()
