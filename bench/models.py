@@ -1,9 +1,9 @@
 """Forward time per audio second, parameters and peak RSS of the separators (prints a table).
 
     python bench/models.py            # every row below, CPU, 2 threads
-    python bench/models.py --quick    # a small Mel-RoFormer instead of the KJ config
+    python bench/models.py --quick    # small RoFormers instead of the viperx and KJ configs
 
-Rows: the KJ Mel-RoFormer config on one 8 s chunk in fp32 and bf16 (with the bf16 output's SNR
+Rows: viperx's BS-RoFormer config and the KJ Mel-RoFormer config on one 8 s chunk in fp32 and bf16 (with the bf16 output's SNR
 against fp32 on the same input), the `small` preset that the embedded default grew from, the
 embedded default's own config on a batch of 4 chunks of 3 s (as `sepcli separate` runs it), and
 the default configs of the complex-mask U-Net and the IBM-CNN. Random weights: speed does not depend on them. Each row runs
@@ -33,7 +33,14 @@ def rows(quick: bool) -> list[dict]:
 
     mel = QUICK if quick else KJ
     label = "Mel-RoFormer quick" if quick else "Mel-RoFormer KJ"
+    viperx = load_preset("bs-roformer", "viperx")["model"]
+    bs = {**viperx, "dim": 128, "depth": 2} if quick else viperx
+    bs_label = "BS-RoFormer quick" if quick else "BS-RoFormer viperx"
     return [
+        {"label": bs_label, "arch": "bs-roformer", "config": bs, "seconds": 8.0, "precision": "fp32"},
+        {"label": bs_label, "arch": "bs-roformer", "config": bs, "seconds": 8.0, "precision": "bf16"},
+        {"label": "BS-RoFormer small preset", "arch": "bs-roformer",
+         "config": load_preset("bs-roformer", "small")["model"], "seconds": 4.0, "precision": "fp32"},
         {"label": label, "arch": "mel-roformer", "config": mel, "seconds": 8.0, "precision": "fp32"},
         {"label": label, "arch": "mel-roformer", "config": mel, "seconds": 8.0, "precision": "bf16"},
         {"label": "Mel-RoFormer small preset", "arch": "mel-roformer",

@@ -1,4 +1,5 @@
-"""The MUSDB runner: separate each track, score it in a process pool, cache the per-track result.
+"""The evaluation runner: separate each track (MUSDB, or any stem folder the CLI reads), score it
+in a process pool, cache the per-track result.
 
 Separation runs in this process while finished tracks are scored by `jobs` worker processes, so
 scoring never waits behind separation. Each track's scores go to `tracks/<name>.scores.json` and
@@ -8,6 +9,7 @@ key) reuses them, and a different key clears them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -20,16 +22,19 @@ from typing import Any
 
 import numpy as np
 
-from eval.metrics import bss_eval, global_sdr, nan_median
+from eval.metrics import bss_eval, global_sdr, nan_median, nsdr_v3
 
 STEMS = ("vocals", "drums", "bass", "other")
-# (mix [T, C], references {stem: [T, C]}) -> {stem: [T, C]}; only oracles read the references.
-Separate = Callable[[np.ndarray, dict[str, np.ndarray]], dict[str, np.ndarray]]
+# (mix [T, C], references {stem: [T, C]}, rate) -> {stem: [T, C]}; only oracles read the
+# references.
+Separate = Callable[[np.ndarray, dict[str, np.ndarray], int], dict[str, np.ndarray]]
 
 
 def score_track(name: str, references: dict[str, np.ndarray], estimates: dict[str, np.ndarray],
-                rate: int, out: Path | None, extra: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """museval BSSEval v4 (all estimated stems jointly) and global SDR for one track."""
+                rate: int, out: Path | None, extra: dict[str, Any],
+                mixture: np.ndarray | None = None) -> dict[str, Any]:  # fmt: skip
+    """museval BSSEval v4 (all estimated stems jointly) and global SDR for one track; for a
+    vocals + accompaniment track with its `mixture`, also BSS Eval v3 NSDR (MIR-1K's measure)."""
     import museval
 
     stems = [s for s in estimates if s in references]
@@ -43,7 +48,12 @@ def score_track(name: str, references: dict[str, np.ndarray], estimates: dict[st
         store.add_target(target_name=stem, values=values)
         scores[stem] = {m: nan_median(frames[m][i]) for m in ("SDR", "SIR", "ISR", "SAR")}
         scores[stem]["global_sdr"] = global_sdr(references[stem], estimates[stem])
-    record = {"name": name, "scores": scores, **extra}
+    record = {"name": name, "scores": scores, "length": int(refs.shape[1]), **extra}
+    two_stems = set(references) == {"vocals", "accompaniment"} and set(stems) == set(references)
+    audible = all(np.any(references[s]) for s in stems)
+    if two_stems and mixture is not None and audible:
+        for stem, values in nsdr_v3(references, estimates, mixture).items():
+            scores[stem].update(values)
     if out is not None:
         _write_atomic(out / f"{_safe(name)}.json", store.json)
         # Written last: its presence is what marks the track as done for a rerun.
@@ -156,15 +166,66 @@ def model_input(track) -> tuple[np.ndarray, dict[str, np.ndarray], str]:
     return stems_sum, references, "sum of stems"
 
 
-def evaluate(separate: Separate, label: str, root: Path, out: Path, settings: dict[str, Any],
-             subset: str = "test", split: str | None = None, is_wav: bool = False,
-             names: list[str] | None = None, jobs: int = 1,
-             on_track: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
-    """Score `separate` on MUSDB; returns per-track records (cached ones included)."""
-    tracks = musdb_tracks(root, subset, split, is_wav, names)  # before anything is written
+@dataclasses.dataclass
+class EvalTrack:
+    """A track to score: its name, and how to read it: (mixture [T, C], references
+    {stem: [T, C]}, their rate, which mixture) as float64."""
+
+    name: str
+    path: str
+    read: Callable[[], tuple[np.ndarray, dict[str, np.ndarray], int, str]]
+
+
+def musdb_eval_tracks(root: Path, subset: str, split: str | None, is_wav: bool,
+                      names: list[str] | None) -> list[EvalTrack]:  # fmt: skip
+    def reader(track):
+        def read():
+            mix, references, source = model_input(track)
+            return mix, references, track.rate, source
+
+        return read
+
+    return [EvalTrack(t.name, str(t.path), reader(t))
+            for t in musdb_tracks(root, subset, split, is_wav, names)]  # fmt: skip
+
+
+def derived_estimates(estimates: dict[str, np.ndarray], references: dict[str, np.ndarray],
+                      mix: np.ndarray) -> dict[str, np.ndarray]:  # fmt: skip
+    """Estimates for references the model has no source for: `accompaniment` is the mixture
+    minus a vocals-only model's vocals, or a multi-stem model's other stems summed where the
+    references do not split it (a vocals + accompaniment folder)."""
+    estimates = dict(estimates)
+    if "accompaniment" in references and "accompaniment" not in estimates and "vocals" in estimates:
+        if len(estimates) == 1:
+            estimates["accompaniment"] = mix - estimates["vocals"]
+        elif not all(s in references for s in ("drums", "bass", "other")):
+            estimates["accompaniment"] = sum(e for s, e in estimates.items() if s != "vocals")
+    return estimates
+
+
+def _rescore_rate(arrays: dict[str, np.ndarray], rate: int, score_rate: int | None):
+    if score_rate is None or score_rate == rate:
+        return arrays
+    import soxr
+
+    return {k: soxr.resample(v, rate, score_rate, quality="HQ") for k, v in arrays.items()}
+
+
+def evaluate(separate: Separate, label: str, tracks: list[EvalTrack], out: Path,
+             settings: dict[str, Any], jobs: int = 1,
+             on_track: Callable[[dict[str, Any]], None] | None = None,
+             score_rate: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Score `separate` on `tracks`; returns per-track records (cached ones included).
+
+    `separate(mix [T, C], references, rate)` returns estimates {stem: [T, C]} at `rate`.
+    Scores are computed at the references' rate, or at `score_rate` when given (MIR-1K's own
+    measure is at 16 kHz).
+    """
     track_dir = out / "tracks"
     key = hashlib.sha256(
-        json.dumps({"model": label, **settings}, sort_keys=True, default=str).encode()
+        json.dumps(
+            {"model": label, "score_rate": score_rate, **settings}, sort_keys=True, default=str
+        ).encode()  # fmt: skip
     ).hexdigest()
     key_file = out / "cache_key"
     if key_file.exists() and key_file.read_text() != key and track_dir.exists():
@@ -184,13 +245,17 @@ def evaluate(separate: Separate, label: str, root: Path, out: Path, settings: di
                     on_track(records[-1])
                 continue
             try:
-                mix, references, source = model_input(track)
+                mix, references, rate, source = track.read()
             except Exception as err:  # noqa: BLE001 - musdb/stempeg raise bare Exceptions
                 raise TrackReadError(f"{track.path}: cannot read this track ({_first_line(err)})")
-            estimates = separate(mix, references)
-            if "vocals" in estimates and "accompaniment" not in estimates and len(estimates) == 1:
-                estimates["accompaniment"] = mix - estimates["vocals"]
-            args = (track.name, references, estimates, track.rate, track_dir, {"input": source})
+            estimates = derived_estimates(separate(mix, references, rate), references, mix)
+            both = _rescore_rate({**{f"r:{k}": v for k, v in references.items()},
+                                  **{f"e:{k}": v for k, v in estimates.items()}, "mix": mix},
+                                 rate, score_rate)  # fmt: skip
+            references = {k[2:]: v for k, v in both.items() if k.startswith("r:")}
+            estimates = {k[2:]: v for k, v in both.items() if k.startswith("e:")}
+            args = (track.name, references, estimates, score_rate or rate, track_dir,
+                    {"input": source}, both["mix"])  # fmt: skip
             if pool is None:
                 records.append(score_track(*args))
                 if on_track:

@@ -35,12 +35,25 @@ def aggregate(tracks: list[dict[str, Any]]) -> dict[str, Any]:
                 float(np.median(values)) if values.size else float("nan")
             )
         entry["global_sdr_mean"] = float(np.mean([r["global_sdr"] for r in rows]))
+        gnsdr = _gnsdr([t for t in tracks if "nsdr" in t["scores"].get(stem, {})], stem)
+        if gnsdr is not None:
+            entry["gnsdr"] = gnsdr
         stems[stem] = entry
     average = {
         key: float(np.mean([v[key] for v in stems.values()]))
         for key in next(iter(stems.values()), {})
+        if all(key in v for v in stems.values())
     }
     return {"stems": stems, "average": average}
+
+
+def _gnsdr(tracks: list[dict[str, Any]], stem: str) -> float | None:
+    """MIR-1K's GNSDR: the mean of NSDR (BSS Eval v3) over clips, weighted by clip length."""
+    if not tracks:
+        return None
+    weights = np.array([t["length"] for t in tracks], dtype=float)
+    values = np.array([t["scores"][stem]["nsdr"] for t in tracks], dtype=float)
+    return float(np.sum(weights * values) / np.sum(weights))
 
 
 def _stem_order(stem: str) -> tuple[int, str]:
@@ -56,6 +69,8 @@ def write_outputs(
     summary["conventions"] = {
         "museval_*_median": "BSSEval v4 (museval), 1 s windows and hop; median over frames, then median over tracks",
         "global_sdr_mean": "10 log10(sum s^2 / sum (s - s_hat)^2) per track, mean over tracks (MDX)",
+        "gnsdr": "vocals + accompaniment tracks only: BSS Eval v3 SDR(estimate) - SDR(mixture) "
+        "per clip, channels averaged, mean weighted by clip length (MIR-1K, Huang et al. 2014)",
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     with open(out / "scores.csv", "w", newline="") as f:
@@ -96,6 +111,10 @@ def summary_table(summaries: dict[str, dict[str, Any]]) -> Table:
         table.add_column(f"{label}\nmuseval SDR", justify="right")
         table.add_column(f"{label}\nglobal SDR", justify="right")
     stems = sorted({s for summary in summaries.values() for s in summary["stems"]}, key=_stem_order)
+    gnsdr = any("gnsdr" in v for summary in summaries.values() for v in summary["stems"].values())
+    if gnsdr:
+        for label in summaries:
+            table.add_column(f"{label}\nGNSDR", justify="right")
     for stem in [*stems, "average"]:
         row = [stem]
         for summary in summaries.values():
@@ -105,6 +124,10 @@ def summary_table(summaries: dict[str, dict[str, Any]]) -> Table:
                 if values
                 else ["-", "-"]
             )
+        if gnsdr:
+            for summary in summaries.values():
+                values = summary["average"] if stem == "average" else summary["stems"].get(stem)
+                row.append(f"{values['gnsdr']:.2f}" if values and "gnsdr" in values else "-")
         table.add_row(*row)
     return table
 

@@ -1,9 +1,10 @@
-"""Checkpoints: the native safetensors format, community Mel-RoFormer import, the embedded default.
+"""Checkpoints: the native safetensors format, community RoFormer import, the embedded default.
 
 A native checkpoint is one `.safetensors` file. Its metadata key `sepcli` holds a JSON document:
 `{"architecture", "config", "sources", "sample_rate", "inference", "provenance"}`. Community
-checkpoints are a `.ckpt`/`.pth` state dict plus the YAML config of the RoFormer training code;
-they load through `torch.load(weights_only=True)` and a safe YAML loader, so nothing is unpickled.
+checkpoints (Mel-RoFormer and BS-RoFormer, told apart by their YAML) are a `.ckpt`/`.pth` state
+dict plus the YAML config of the RoFormer training code; they load through
+`torch.load(weights_only=True)` and a safe YAML loader, so nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from safetensors.torch import load_file, save_file
 
 import models
 import sepcli
-from models.base import Separator
-from models.mel_roformer import MelRoFormer, MelRoFormerConfig
+from models.base import Separator, SeparatorConfig
 from sepcli.files import atomic_write, not_a_regular_file, read_bounded
 from sepcli.messages import one_line
 
@@ -144,15 +144,20 @@ def build_model(architecture: str, config: dict[str, Any]) -> Separator:
 def shape_mismatches(
     expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]
 ) -> list[str]:
-    """The first few missing, unexpected and wrongly shaped keys, each in words; [] if none."""
+    """The first few missing, unexpected and wrongly shaped keys, each with its shape; [] if
+    none."""
+
+    def listed(keys: list[str], shapes: dict[str, tuple[int, ...]]) -> str:
+        return ", ".join(f"{k} {tuple(shapes[k])}" for k in keys[:3])
+
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
     shapes = [k for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
     parts = []
     if missing:
-        parts.append(f"{len(missing)} missing key(s), first: {', '.join(missing[:3])}")
+        parts.append(f"{len(missing)} missing key(s), first: {listed(missing, expected)}")
     if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key(s), first: {', '.join(unexpected[:3])}")
+        parts.append(f"{len(unexpected)} unexpected key(s), first: {listed(unexpected, found)}")
     for key in shapes[:3]:
         parts.append(
             f"shape mismatch for parameter '{key}': checkpoint has {tuple(found[key])}, "
@@ -345,12 +350,14 @@ def read_community_state(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"{path} is truncated or not a PyTorch checkpoint ({_first_line(err)})"
         )
-    for wrapper in ("model_state_dict", "state_dict", "state"):
+    # The community loader's order: `state`, then `state_dict`, then `model_state_dict`.
+    for wrapper in ("state", "state_dict", "model_state_dict"):
         if isinstance(data, dict) and wrapper in data and isinstance(data[wrapper], dict):
             data = data[wrapper]
-            break
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    if data and all(k.startswith("module.") for k in data):  # saved from DataParallel/DDP
+        data = {k[len("module.") :]: v for k, v in data.items()}
     return data
 
 
@@ -375,15 +382,50 @@ def _first_line(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def community_config(path: Path) -> tuple[MelRoFormerConfig, dict[str, Any]]:
-    """Mel-RoFormer config and engine defaults from a community YAML."""
+# The RoFormer families sepcli reads, by the community `model_type` names.
+FAMILIES = {"mel_band_roformer": "mel-roformer", "bs_roformer": "bs-roformer"}
+# Other model types of the community training code, and a model-section key that marks each.
+OTHER_TYPES = {"mdx23c": "num_subbands", "scnet": "band_SR", "htdemucs": "channels_time",
+               "apollo": "feature_dim", "bandit": "band_specs", "segm_models": "encoder_name",
+               "torchseg": "encoder_name", "bs_roformer_experimental": "hyper_connections",
+               "mel_band_roformer_experimental": "hyper_connections", "bs_conformer": "conformer",
+               "mel_band_conformer": "conformer"}  # fmt: skip
+
+
+def detect_family(data: dict[str, Any], path: Path) -> str:
+    """`mel-roformer` or `bs-roformer` from a community YAML: its `model_type` where it has one,
+    else `freqs_per_bands` (BS) or `num_bands` (Mel) in the model section."""
+    training = data.get("training") if isinstance(data.get("training"), dict) else {}
+    model_type = training.get("model_type") or data.get("model_type")
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    supported = "sepcli reads mel_band_roformer and bs_roformer"
+    if model_type:
+        if str(model_type) in FAMILIES:
+            return FAMILIES[str(model_type)]
+        raise CheckpointError(f"config {path} is for a {model_type} model; {supported}")
+    if "freqs_per_bands" in model:
+        return "bs-roformer"
+    if "num_bands" in model:
+        return "mel-roformer"
+    guess = next((name for name, key in OTHER_TYPES.items() if key in model or key in data), None)
+    if guess:
+        raise CheckpointError(f"config {path} looks like a {guess} model; {supported}")
+    raise CheckpointError(
+        f"config {path} names no RoFormer family (no model_type, freqs_per_bands or num_bands "
+        f"in its model section); {supported}"
+    )
+
+
+def community_config(path: Path) -> tuple[str, SeparatorConfig, dict[str, Any]]:
+    """(architecture, config, engine defaults) from a community RoFormer YAML."""
     data = read_yaml(path)
+    architecture = detect_family(data, path)
     try:
-        config, defaults = _community_sections(data)
+        config, defaults = _community_sections(data, architecture)
     except (ValueError, TypeError, AttributeError, OverflowError) as err:
         raise CheckpointError(one_line(f"bad config {path}: {err}"))
     check_inference(defaults, str(path))
-    return config, defaults
+    return architecture, config, defaults
 
 
 def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
@@ -393,29 +435,38 @@ def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
     return dict(section)
 
 
-def _community_sections(data: dict[str, Any]) -> tuple[MelRoFormerConfig, dict[str, Any]]:
+def stem_names(training: dict[str, Any], stems: int) -> list[str]:
+    """What the community code calls a model's outputs: `[target_instrument]` if set, else
+    `training.instruments` (the first `stems` of them); generic names without either."""
+    target = training.get("target_instrument")
+    instruments = training.get("instruments") or []
+    if not isinstance(instruments, (list, tuple)):
+        raise ValueError("training.instruments must be a list")
+    if target and stems == 1:
+        return [str(target)]
+    if len(instruments) >= stems:
+        return [str(name) for name in instruments[:stems]]
+    return ["vocals"] if stems == 1 else [f"stem{i}" for i in range(stems)]
+
+
+def _community_sections(
+    data: dict[str, Any], architecture: str
+) -> tuple[SeparatorConfig, dict[str, Any]]:
     model_section = _section(data, "model")
     training = _section(data, "training")
     audio = _section(data, "audio")
     inference = _section(data, "inference")
-    target = training.get("target_instrument")
-    instruments = training.get("instruments") or []
     stems = model_section.get("num_stems", 1)
     if not isinstance(stems, int) or isinstance(stems, bool) or not 1 <= stems <= 64:
         raise ValueError(f"num_stems must be an integer in 1..64, got {stems!r}")
-    if not isinstance(instruments, (list, tuple)):
-        raise ValueError("training.instruments must be a list")
-    if target:
-        sources = [target]
-    elif instruments:
-        sources = list(instruments)[:stems] if len(instruments) >= stems else list(instruments)
-    else:
-        sources = ["vocals"] if stems == 1 else [f"stem{i}" for i in range(stems)]
-    model_section["sources"] = sources
+    model_section.setdefault("sources", stem_names(training, stems))
     chunk = inference.get("chunk_size", audio.get("chunk_size"))
     if chunk is not None:
-        model_section["segment"] = int(chunk)
-    config = MelRoFormerConfig.from_dict(model_section)
+        model_section.setdefault("segment", int(chunk))
+    if architecture == "bs-roformer" and audio.get("sample_rate"):
+        model_section.setdefault("sample_rate", int(audio["sample_rate"]))
+    _, config_cls = models.ARCHITECTURES[architecture]
+    config = config_cls.from_dict(model_section)
     defaults: dict[str, Any] = {}
     if chunk is not None:
         defaults["segment"] = int(chunk)
@@ -427,22 +478,22 @@ def _community_sections(data: dict[str, Any]) -> tuple[MelRoFormerConfig, dict[s
 
 
 def load_community(path: Path, config_path: Path) -> LoadedModel:
-    config, inference = community_config(config_path)
+    architecture, config, inference = community_config(config_path)
     state = read_community_state(path)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
-    check_shapes_before_building("mel-roformer", config.to_dict(), shapes, str(path))
-    model = MelRoFormer(config)
+    check_shapes_before_building(architecture, config.to_dict(), shapes, str(path))
+    model = build_model(architecture, config.to_dict())
     load_state_strict(model, state, str(path))
     model.eval()
     meta = {
-        "architecture": "mel-roformer",
+        "architecture": architecture,
         "config": config.to_dict(),
         "sources": list(config.sources),
         "sample_rate": config.sample_rate,
         "inference": inference,
         "provenance": {"imported_from": path.name, "config": config_path.name},
     }
-    return LoadedModel(model, path.stem, "mel-roformer", meta, inference)
+    return LoadedModel(model, path.stem, architecture, meta, inference)
 
 
 def default_checkpoint() -> Path:

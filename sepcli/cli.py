@@ -89,7 +89,9 @@ def separate(
         "default", "-m", "--model", help="Embedded model name or checkpoint path."
     ),
     config: Optional[Path] = typer.Option(
-        None, "--config", help="YAML config of a community .ckpt checkpoint."
+        None,
+        "--config",
+        help="YAML config of a community .ckpt checkpoint (Mel- or BS-RoFormer, told apart by it).",
     ),
     out: Path = typer.Option(Path("separated"), "-o", "--out", help="Output folder."),
     name: str = typer.Option(
@@ -286,13 +288,28 @@ def evaluate(
     musdb: Optional[Path] = typer.Option(
         None, "--musdb", help="MUSDB18 root (train/ and test/ inside)."
     ),
+    data: Optional[str] = typer.Option(
+        None,
+        "--data",
+        help="Score on a dataset instead: stems:ROOT (ROOT/<track>/<stem>.<ext>; a mixture file, "
+        "where present, is the input) or musdb:ROOT.",
+    ),
+    score_rate: Optional[int] = typer.Option(
+        None,
+        "--score-rate",
+        min=1000,
+        max=768000,
+        help="Score at this rate (default: the references' own; MIR-1K's measure uses 16000).",
+    ),
     is_wav: bool = typer.Option(False, "--is-wav", help="MUSDB18-HQ layout (wav stems)."),
     subset: str = typer.Option("test", "--subset", help="test or train."),
     split: Optional[str] = typer.Option(
         None, "--split", help="train or valid (train subset only)."
     ),
     tracks: Optional[list[str]] = typer.Option(
-        None, "--tracks", help="Only these track names (repeatable)."
+        None,
+        "--tracks",
+        help="Only these track names (repeatable; glob patterns for stem folders, e.g. 'bug_*').",
     ),
     out: Optional[Path] = typer.Option(
         None, "--out", help="Results folder (default results/<model>)."
@@ -324,7 +341,8 @@ def evaluate(
     precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
 ) -> None:
-    """Separate and score MUSDB tracks; writes summary.json, scores.csv, museval JSON and a plot."""
+    """Separate and score MUSDB or stem-folder tracks: museval median and global SDR (and GNSDR
+    for vocals + accompaniment folders); writes summary.json, scores.csv, museval JSON, a plot."""
     if ctx.invoked_subcommand is not None:
         return
     import numpy as np
@@ -334,21 +352,23 @@ def evaluate(
     from eval.oracle import oracle_estimates
     from sepcli.batch import UsageError
 
-    if musdb is None:
-        raise UsageError("--musdb ROOT is required")
+    if (musdb is None) == (data is None):
+        raise UsageError("give the data to score: --musdb ROOT or --data stems:ROOT")
     if (model is None) == (oracle is None):
         raise UsageError("give either -m MODEL or --oracle irm2|irm1|ibm|mix")
-    runner.check_subset(subset, split)
-    settings = {"subset": subset, "split": split, "is_wav": is_wav}
+    eval_tracks, settings = _eval_tracks(musdb, data, is_wav, subset, split, tracks)
     if oracle is not None:
         label = f"oracle-{oracle}"
         sources = ("vocals", "drums", "bass", "other")
 
-        def separate_fn(mix, references):
+        def separate_fn(mix, references, rate):
+            missing = [s for s in sources if s not in references]
+            if missing:
+                raise UsageError(f"--oracle needs the four MUSDB stems; this data lacks {missing}")
             return oracle_estimates(oracle, {s: references[s] for s in sources})
     else:
         from sepcli import checkpoints
-        from sepcli.audio import Resampler
+        from sepcli.audio import Resampler, adapt_channels
 
         loaded = checkpoints.load_model(model, config)
         label = loaded.name
@@ -359,16 +379,19 @@ def evaluate(
                         precision=precision, segment=demixer.segment, hop=demixer.hop,
                         shifts=shifts, tta=demixer.tta)  # fmt: skip
 
-        def separate_fn(mix, references):
-            audio = mix.T.astype(np.float32)
-            if rate != 44100:
-                audio = Resampler(44100, rate, audio.shape[0])(audio, last=True)
+        def separate_fn(mix, references, mix_rate):
+            # At the model's rate and channels, then back to the references' for scoring.
+            audio = adapt_channels(mix.T.astype(np.float32), loaded.model.audio_channels, True)
+            if rate != mix_rate:
+                audio = Resampler(mix_rate, rate, audio.shape[0])(audio, last=True)
             est = demixer.separate(audio)
-            if rate != 44100:
-                est = np.stack([Resampler(rate, 44100, est.shape[1])(e, last=True) for e in est])
+            if rate != mix_rate:
+                est = np.stack([Resampler(rate, mix_rate, est.shape[1])(e, last=True) for e in est])
             est = est[..., : mix.shape[0]]
             if est.shape[-1] < mix.shape[0]:
                 est = np.pad(est, ((0, 0), (0, 0), (0, mix.shape[0] - est.shape[-1])))
+            if mix.shape[1] != est.shape[1]:
+                est = est.mean(axis=1, keepdims=True)  # a mono reference: the channels' mean
             return {s: e.T.astype(np.float64) for s, e in zip(loaded.model.sources, est)}
 
     out = out or Path("results") / label
@@ -387,13 +410,31 @@ def evaluate(
             sdrs.append(float(np.mean(values)) if values else float("nan"))
             progress.update(task, advance=1, info=f"running median SDR {np.nanmedian(sdrs):.2f} dB")
 
-        records = runner.evaluate(separate_fn, label, musdb, out, settings, subset, split, is_wav,
-                                  list(tracks) if tracks else None, jobs, on_track)  # fmt: skip
+        records = runner.evaluate(separate_fn, label, eval_tracks, out, settings, jobs, on_track,
+                                  score_rate)  # fmt: skip
     summary = report.write_outputs(out, label, settings, records)
     report.boxplot({label: out}, out / "boxplot.png")
     inputs = sorted({r.get("input", "") for r in records})
     err_console.print(report.summary_table({label: summary}))
     err_console.print(f"{len(records)} tracks; model input: {', '.join(inputs)}; results in {out}")
+
+
+def _eval_tracks(musdb, data, is_wav, subset, split, names):
+    """The tracks to score and the settings that key their cache."""
+    from eval import musdb as runner
+    from sepcli import datasets
+
+    spec = datasets.DataSpec("musdb", musdb, is_wav=is_wav) if musdb else datasets.DataSpec.parse(
+        data, is_wav=is_wav
+    )  # fmt: skip
+    if spec.kind == "musdb":
+        runner.check_subset(subset, split)
+        settings = {"subset": subset, "split": split, "is_wav": spec.is_wav}
+        found = runner.musdb_eval_tracks(spec.root, subset, split, spec.is_wav,
+                                         list(names) if names else None)  # fmt: skip
+        return found, settings
+    found = datasets.eval_tracks(spec.root, list(names) if names else None)
+    return found, {"data": f"stems:{spec.root.resolve()}", "tracks": sorted(t.name for t in found)}
 
 
 @evaluate_app.command("compare")
@@ -456,7 +497,7 @@ def models_import(
         False, "--half", help="Store the weights as float16: half the file, float32 when loaded."
     ),
 ) -> None:
-    """Convert a community Mel-RoFormer checkpoint to sepcli's native format."""
+    """Convert a community Mel-RoFormer or BS-RoFormer checkpoint to sepcli's native format."""
     from sepcli import checkpoints
     from sepcli.batch import UsageError
 
@@ -472,10 +513,21 @@ def models_import(
 
 
 @app.command()
-def info(checkpoint: str = typer.Argument(..., help="Checkpoint path, or 'default'.")) -> None:
+def info(
+    checkpoint: str = typer.Argument(..., help="Checkpoint path, or 'default'."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="YAML config of a community .ckpt (family detected from it)."
+    ),
+) -> None:
     """Print a checkpoint's architecture, config and provenance."""
     from sepcli import checkpoints
 
+    if config is not None:
+        loaded = checkpoints.load_model(checkpoint, config)
+        meta = dict(loaded.metadata)
+        meta["parameters"] = sum(p.numel() for p in loaded.model.parameters())
+        typer.echo(json.dumps(meta, indent=2))
+        return
     path = checkpoints.default_checkpoint() if checkpoint == "default" else Path(checkpoint)
     if not path.exists():
         raise checkpoints.CheckpointError(f"checkpoint not found: {checkpoint}")
@@ -490,8 +542,19 @@ def info(checkpoint: str = typer.Argument(..., help="Checkpoint path, or 'defaul
 
 @app.command()
 def train(
-    architecture: str = typer.Argument(..., help="mel-roformer, complex-mask or ibm-cnn."),
-    musdb: Path = typer.Option(..., "--musdb", help="MUSDB18 root (with train/ and test/)."),
+    architecture: str = typer.Argument(
+        ..., help="mel-roformer, bs-roformer, complex-mask or ibm-cnn."
+    ),
+    musdb: Optional[Path] = typer.Option(
+        None, "--musdb", help="MUSDB18 root (with train/ and test/): short for --data musdb:ROOT."
+    ),
+    data: Optional[list[str]] = typer.Option(
+        None,
+        "--data",
+        help="A dataset, KIND:ROOT[:WEIGHT] (repeatable): musdb:ROOT, or stems:ROOT for "
+        "ROOT/<track>/<stem>.<ext> folders. A YAML 'data:' list does the same, with "
+        "validation splits.",
+    ),
     out: Path = typer.Option(
         ..., "--out", help="Run folder: checkpoints, metrics.jsonl, curves.png."
     ),
@@ -530,9 +593,12 @@ def train(
         "transformer, narrower mask MLPs or a smaller dim than the config is grown so that it "
         "still gives its old output.",
     ),
+    cache: Optional[Path] = typer.Option(
+        None, "--cache", help="Folder for the decoded datasets (default OUT/cache); share it."
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
 ) -> None:
-    """Train a separator on MUSDB18 (train split; validation on the valid split)."""
+    """Train a separator on MUSDB18 and stem folders (remixed; validation on held-out tracks)."""
     from sepcli import train as training
 
     preset = training.load_preset(architecture, config)
@@ -542,13 +608,30 @@ def train(
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["precision"] = precision
     settings = training.TrainSettings.from_dict(values)
+    specs = _data_specs(musdb, data, is_wav, preset["data"])
     summary = training.train(
-        architecture, musdb, out, preset["model"], settings, is_wav=is_wav, device_name=device,
-        resume=resume, init=init, log=err_console.print, progress=not quiet,
+        architecture, specs, out, preset["model"], settings, is_wav=is_wav, device_name=device,
+        resume=resume, init=init, log=err_console.print, progress=not quiet, cache=cache,
     )  # fmt: skip
     err_console.print(
         f"trained {summary['steps']} steps; best validation SDR {summary['best_valid_sdr']:.2f} dB; {out}"
     )
+
+
+def _data_specs(musdb: Path | None, data: list[str] | None, is_wav: bool, from_yaml: list):
+    """The datasets: --musdb and --data on the command line, else the YAML's `data:` list."""
+    from sepcli.batch import UsageError
+    from sepcli.datasets import DataSpec
+
+    specs = [DataSpec("musdb", musdb, is_wav=is_wav)] if musdb is not None else []
+    specs += [DataSpec.parse(text, is_wav=is_wav) for text in data or []]
+    specs = specs or from_yaml
+    if not specs:
+        raise UsageError("no training data: give --musdb ROOT, --data KIND:ROOT, or a 'data:' list")
+    labels = [spec.label for spec in specs]
+    if len(set(labels)) != len(labels):
+        raise UsageError(f"a dataset is named twice: {', '.join(labels)}")
+    return specs
 
 
 def interrupted_outcome(argv: list[str]) -> str:

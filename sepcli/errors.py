@@ -6,6 +6,7 @@ from eval.musdb import TrackReadError
 from sepcli.audio import AudioError
 from sepcli.batch import UsageError
 from sepcli.checkpoints import CheckpointError
+from sepcli.datasets import DataError
 from sepcli.engine import EngineError
 
 USAGE = 2
@@ -22,7 +23,7 @@ def describe(err: BaseException) -> tuple[str, int]:
         return err.format_message() + hint, USAGE
     if isinstance(err, TrackReadError):
         return str(err), 1
-    if isinstance(err, (UsageError, CheckpointError, EngineError, AudioError)):
+    if isinstance(err, (UsageError, CheckpointError, EngineError, AudioError, DataError)):
         return str(err), USAGE
     if isinstance(err, (ValueError, FileNotFoundError)):
         return str(err), USAGE

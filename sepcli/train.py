@@ -32,7 +32,17 @@ from eval.metrics import global_sdr
 from models.base import Separator
 from sepcli import checkpoints
 from sepcli.allocator import keep_freed_memory
-from sepcli.data import STEMS, RemixDataset, load_musdb_stems, resample_stems
+from sepcli.data import RemixDataset
+from sepcli.datasets import (
+    ATOMS,
+    TARGET_ATOMS,
+    DataError,
+    DataSpec,
+    Track,
+    describe,
+    load_tracks,
+    target_groups,
+)
 from sepcli.engine import (
     Demixer,
     autocast_for,
@@ -42,7 +52,7 @@ from sepcli.engine import (
 )
 from sepcli.files import atomic_write, not_a_regular_file
 from sepcli.messages import one_line
-from sepcli.losses import framewise_sdr_loss
+from sepcli.losses import framewise_sdr_loss, grouped
 
 LOSSES = ("model", "sdr")
 # Far above any real run; a typo past them would allocate terabytes before the first step.
@@ -132,8 +142,8 @@ def _typed(name: str, value: Any, hint: Any) -> Any:
 def load_preset(architecture: str, preset: str | Path | None) -> dict[str, Any]:
     """A preset by name (`small`, `medium`, ...) or YAML path: `{"model": ..., "training": ...}`.
 
-    A community Mel-RoFormer YAML (with `audio`/`inference` sections, like the `kj` and `msst`
-    presets) works too: its model section and stems become the model config, and the training
+    A community RoFormer YAML (with `audio`/`inference` sections, like the `kj`, `msst` and
+    `viperx` presets) works too: its model section and stems become the model config, and the training
     keys sepcli shares with it (batch size, lr, accumulation, clipping, EMA) the settings.
     """
     checkpoints.check_architecture(architecture)
@@ -151,8 +161,18 @@ def load_preset(architecture: str, preset: str | Path | None) -> dict[str, Any]:
             )
     data = checkpoints.read_yaml(path)
     if "audio" in data or "inference" in data:
-        return _community_preset(path, data)
-    return {"model": dict(data.get("model") or {}), "training": dict(data.get("training") or {})}
+        return _community_preset(path, data, architecture)
+    return {"model": dict(data.get("model") or {}), "training": dict(data.get("training") or {}),
+            "data": data_specs(data.get("data"))}  # fmt: skip
+
+
+def data_specs(entries: Any) -> list[DataSpec]:
+    """A YAML `data:` list: entries `{kind, root, weight, valid, exclude}` or `KIND:ROOT[:W]`."""
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise DataError("the YAML 'data' section must be a list of datasets")
+    return [DataSpec.from_dict(entry) for entry in entries]
 
 
 COMMUNITY_TRAINING_KEYS = {
@@ -164,15 +184,19 @@ COMMUNITY_TRAINING_KEYS = {
 }
 
 
-def _community_preset(path: Path, data: dict[str, Any]) -> dict[str, Any]:
-    config, _ = checkpoints.community_config(path)
+def _community_preset(path: Path, data: dict[str, Any], architecture: str) -> dict[str, Any]:
+    family, config, _ = checkpoints.community_config(path)
+    if family != architecture:
+        raise checkpoints.CheckpointError(
+            f"{path} is a {family} config; train it with 'sepcli train {family}'"
+        )
     section = data.get("training") or {}
     training = {ours: section[theirs] for theirs, ours in COMMUNITY_TRAINING_KEYS.items()
                 if section.get(theirs)}  # fmt: skip
     chunk = (data.get("audio") or {}).get("chunk_size")
     if chunk:
         training["segment"] = float(chunk) / config.sample_rate
-    return {"model": config.to_dict(), "training": training}
+    return {"model": config.to_dict(), "training": training, "data": []}
 
 
 RUN_FILES = ("state.pt", "best.safetensors", "last.safetensors", "metrics.jsonl")
@@ -207,27 +231,64 @@ def lr_factor(step: int, settings: TrainSettings) -> float:
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def track_scores(demixer: Demixer, tracks: list[np.ndarray]) -> list[dict[str, float]]:
-    """Global SDR per source of `demixer` on each whole track of stems [4, C, T] (STEMS order)."""
-    scores = []
-    for stems in tracks:
-        mix = stems.sum(axis=0)
-        estimate = demixer.separate(mix)
-        track = {}
-        for i, source in enumerate(demixer.sources):
-            if source == "accompaniment":
-                reference = mix - stems[STEMS.index("vocals")]
-            else:
-                reference = stems[STEMS.index(source)]
-            track[source] = global_sdr(reference, estimate[i])
-        scores.append(track)
+def track_scores(demixer: Demixer, tracks: list[Track | np.ndarray]) -> list[dict[str, float]]:
+    """Global SDR of `demixer` on each whole track, per target group (see `group_scores`).
+    A track is a `Track`, or stems [4, C, T] (vocals, drums, bass, other)."""
+    return [group_scores(demixer, _as_track(t)) for t in tracks]
+
+
+def _as_track(track: Track | np.ndarray) -> Track:
+    if isinstance(track, Track):
+        return track
+    targets = {atom: track[i] for i, atom in enumerate(ATOMS)}
+    return Track("track", "musdb", targets, {a: TARGET_ATOMS[a] for a in ATOMS}, 22050.0)
+
+
+def group_scores(demixer: Demixer, track: Track) -> dict[str, float]:
+    """Separate the sum of a track's targets; the global SDR of each group of targets that the
+    model's sources cover, named after its source (`accompaniment` for drums + bass + other)."""
+    channels = demixer.model.audio_channels
+    names = list(track.targets)
+    parts = [_channels(np.asarray(track.targets[n], np.float32), channels) for n in names]
+    mix = np.sum(parts, axis=0)
+    estimate = demixer.separate(mix)
+    scores = {}
+    for target_ids, source_ids in target_groups([track.atoms[n] for n in names], demixer.sources):
+        reference = np.sum([parts[t] for t in target_ids], axis=0)
+        scores[group_name(demixer.sources, source_ids)] = global_sdr(
+            reference, np.sum([estimate[s] for s in source_ids], axis=0)
+        )
     return scores
 
 
-def score_tracks(demixer: Demixer, tracks: list[np.ndarray]) -> dict[str, float]:
-    """Mean global SDR per source of `demixer` over whole tracks (see `track_scores`)."""
-    per_track = track_scores(demixer, tracks)
-    return {s: float(np.mean([t[s] for t in per_track])) for s in demixer.sources}
+def group_name(sources: tuple[str, ...], ids: list[int]) -> str:
+    if len(ids) == 1:
+        return sources[ids[0]]
+    atoms = frozenset().union(*(TARGET_ATOMS.get(sources[i], frozenset()) for i in ids))
+    return (
+        "accompaniment"
+        if atoms == TARGET_ATOMS["accompaniment"]
+        else "+".join(sources[i] for i in ids)
+    )
+
+
+def _channels(audio: np.ndarray, channels: int) -> np.ndarray:
+    if audio.shape[0] == channels:
+        return audio
+    return (
+        np.repeat(audio, channels, axis=0) if audio.shape[0] == 1 else audio.mean(0, keepdims=True)
+    )
+
+
+def mean_scores(per_track: list[dict[str, float]]) -> dict[str, float]:
+    """Mean per group name over the tracks that have it."""
+    names = list(dict.fromkeys(name for scores in per_track for name in scores))
+    return {n: float(np.mean([s[n] for s in per_track if n in s])) for n in names}
+
+
+def score_tracks(demixer: Demixer, tracks: list[Track | np.ndarray]) -> dict[str, float]:
+    """Mean global SDR per group of `demixer` over whole tracks (see `track_scores`)."""
+    return mean_scores(track_scores(demixer, tracks))
 
 
 class EMA:
@@ -255,7 +316,7 @@ def _is_main() -> bool:
 
 def train(
     architecture: str,
-    musdb_root: Path,
+    data_specs: list[DataSpec] | Path,
     out: Path,
     model_config: dict[str, Any],
     settings: TrainSettings,
@@ -266,12 +327,17 @@ def train(
     log: Callable[[str], None] = print,
     progress: bool = True,
     stop_after: int | None = None,
+    cache: Path | None = None,
 ) -> dict[str, Any]:
     """Train and return the final summary (steps, best validation SDR, paths).
 
-    `stop_after` ends the run early at that step, as an interruption would (state is saved and
-    `--resume` continues); Ctrl-C does the same.
+    `data_specs` are the datasets (a bare path is a MUSDB root, with `is_wav`). `stop_after`
+    ends the run early at that step, as an interruption would (state is saved and `--resume`
+    continues); Ctrl-C does the same. `cache` holds the decoded datasets (default OUT/cache);
+    runs that share one decode each dataset once.
     """
+    if not isinstance(data_specs, list):
+        data_specs = [DataSpec("musdb", Path(data_specs), is_wav=is_wav)]
     out = Path(out)
     _refuse_a_file_in_the_way(out)
     if not resume:
@@ -282,7 +348,7 @@ def train(
     model = _build_model(architecture, model_config, init, settings, proc.device)
     segment = int(round(settings.segment * model.sample_rate))
     # The run folder is made once the data has loaded, so a wrong --musdb leaves nothing behind.
-    data, valid_tracks, data_note = _training_data(musdb_root, is_wav, out / "cache", model,
+    data, valid_tracks, data_note = _training_data(data_specs, cache or out / "cache", model,
                                                    segment, settings)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     run = _Run(model, architecture, settings, proc, out)
@@ -391,33 +457,41 @@ def _build_model(
 
 
 def _training_data(
-    musdb_root: Path,
-    is_wav: bool,
+    specs: list[DataSpec],
     cache: Path,
     model: Separator,
     segment: int,
     settings: TrainSettings,
-) -> tuple[RemixDataset, list[np.ndarray], str]:
+) -> tuple[RemixDataset, list[Track], str]:
     """The remixing dataset, the whole validation tracks and a line describing the data."""
-    names, train_stems, rate = load_musdb_stems(musdb_root, "train", "train", is_wav, cache)
-    _, valid_stems, _ = load_musdb_stems(musdb_root, "train", "valid", is_wav, cache)
-    if settings.train_on_valid:
-        train_stems = train_stems + valid_stems
-    if rate != model.sample_rate:
-        # Models at another rate (the IBM-CNN works at 22.05 kHz) train and validate there.
-        train_stems = resample_stems(train_stems, rate, model.sample_rate)
-        valid_stems = resample_stems(valid_stems, rate, model.sample_rate)
-    data = RemixDataset(train_stems, segment, model.sources, settings.silence_threshold,
-                        coherent=settings.coherent, speed=settings.speed, mixup=settings.mixup)  # fmt: skip
+    rate = model.sample_rate
+    train_tracks: dict[str, list[Track]] = {}
+    valid_tracks: list[Track] = []
+    for spec in specs:
+        found = load_tracks(spec, "train", rate, cache)
+        held = load_tracks(spec, "valid", rate, cache)
+        if not found and not held:
+            raise DataError(f"{spec.label}: no tracks in {spec.root}")
+        train_tracks[spec.label] = found + (held if settings.train_on_valid else [])
+        valid_tracks += held
+    if not valid_tracks:
+        raise DataError(
+            "no validation tracks: give a MUSDB root (its valid split) or a stem folder with "
+            "'valid' patterns in the YAML data list"
+        )
+    pools = {spec.label: (spec.weight, train_tracks[spec.label]) for spec in specs}
+    data = RemixDataset(pools, segment, model.sources, settings.silence_threshold,
+                        coherent=settings.coherent, speed=settings.speed, mixup=settings.mixup,
+                        channels=model.audio_channels, rate=rate)  # fmt: skip
     note = (
-        f"MUSDB18 {Path(musdb_root).name} train split ({len(names)} tracks)"
-        + (f" and valid split ({len(valid_stems)} tracks)" if settings.train_on_valid else "")
-        + ", remixed"
+        describe(specs, train_tracks, rate)
+        + (" (valid tracks included)" if settings.train_on_valid else "")
+        + f"; validation on {len(valid_tracks)} held-out tracks; remixed"
         + (f" ({settings.coherent:.0%} real mixes)" if settings.coherent else "")
         + (f", speed changed by up to {settings.speed:.0%}" if settings.speed else "")
         + (f", {settings.mixup:.0%} of stems summed from two tracks" if settings.mixup else "")
     )
-    return data, valid_stems, note
+    return data, valid_tracks, note
 
 
 class _Run:
@@ -484,7 +558,7 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.proc.device)
         for micro in range(settings.accumulate):
-            mix, targets, self.numpy_state = batches.next()
+            mix, targets, groups, self.numpy_state = batches.next()
             # Under DDP, gradients are all-reduced on the last micro-batch only.
             last = micro == settings.accumulate - 1
             sync = contextlib.nullcontext()
@@ -492,7 +566,7 @@ class _Run:
                 sync = self.compute_loss.no_sync()
             with sync:
                 with autocast_for(self.proc.device, settings.precision):
-                    loss = self.compute_loss(mix, targets) / settings.accumulate
+                    loss = self.compute_loss(mix, targets, groups) / settings.accumulate
                 self.scaler.scale(loss).backward()
             total += loss.detach().float()
         self.scaler.unscale_(self.optimizer)
@@ -505,7 +579,7 @@ class _Run:
         return {"step": self.step, "loss": total, "grad_norm": grad_norm,
                 "lr": self.schedule.get_last_lr()[0]}  # fmt: skip
 
-    def validate(self, tracks: list[np.ndarray]) -> dict[str, float]:
+    def validate(self, tracks: list[Track]) -> dict[str, float]:
         """EMA weights on whole validation tracks, each rank scoring its share."""
         model = _with_state(self.model, self.architecture, self.ema.state, self.proc.device)
         demixer = Demixer(model, overlap=0.25, batch_size=4, device=self.proc.device,
@@ -516,7 +590,7 @@ class _Run:
             dist.all_gather_object(gathered, mine)
             mine = [scores for part in gathered for scores in part]
         self.model.train()
-        return {s: float(np.mean([t[s] for t in mine])) for s in demixer.sources}
+        return mean_scores(mine)
 
     def save(self, provenance: dict[str, Any], scores: dict[str, float]) -> None:
         """Checkpoints after a validation: last, best if it is, and the exact state."""
@@ -564,11 +638,15 @@ class _Prefetcher:
     def _draw(self, data: Any, rng: np.random.Generator, batch_size: int) -> None:
         try:
             while not self.stop.is_set():
-                mix, targets = data.sample(rng, batch_size)
-                item = (torch.from_numpy(mix), torch.from_numpy(targets))
+                mix, targets, groups = data.sample(rng, batch_size)
+                arrays = [mix, targets]
+                # Identity groups (every example has all the model's targets): the plain loss.
+                if not (groups == np.eye(groups.shape[-1], dtype=groups.dtype)).all():
+                    arrays.append(groups)
+                item = [torch.from_numpy(a) for a in arrays]
                 if self.device.type == "cuda":
-                    item = tuple(t.pin_memory() for t in item)
-                self._put((*item, rng.bit_generator.state))
+                    item = [t.pin_memory() for t in item]
+                self._put((item, rng.bit_generator.state))
         except BaseException as err:  # noqa: BLE001 - handed to the training thread
             self._put(err)
 
@@ -580,14 +658,14 @@ class _Prefetcher:
             except queue.Full:
                 continue
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict]:
         item = self.queue.get()
         if isinstance(item, BaseException):
             raise item
-        mix, targets, state = item
-        blocking = self.device.type != "cuda"
-        return (mix.to(self.device, non_blocking=not blocking),
-                targets.to(self.device, non_blocking=not blocking), state)  # fmt: skip
+        tensors, state = item
+        moved = [t.to(self.device, non_blocking=self.device.type == "cuda") for t in tensors]
+        groups = moved[2] if len(moved) > 2 else None
+        return moved[0], moved[1], groups, state
 
     def close(self) -> None:
         self.stop.set()
@@ -639,10 +717,25 @@ class LossForward(torch.nn.Module):
         self.model = model
         self.loss = loss
 
-    def forward(self, mix: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, mix: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The loss of a batch; `groups` [B, S, S] (None: one target per source) sums the
+        estimates into the targets that grouped examples have (see RemixDataset)."""
+        if groups is None:
+            if self.loss == "sdr":
+                return framewise_sdr_loss(self.model(mix), targets, frame=self.model.sample_rate)
+            return self.model.loss(mix, targets)
+        estimate = grouped(self.model(mix), groups)
+        rows = groups.sum(dim=-1) > 0
         if self.loss == "sdr":
-            return framewise_sdr_loss(self.model(mix), targets, frame=self.model.sample_rate)
-        return self.model.loss(mix, targets)
+            return framewise_sdr_loss(estimate, targets, frame=self.model.sample_rate, rows=rows)
+        if not hasattr(self.model, "loss_from_estimate"):
+            raise ValueError(
+                f"{type(self.model).__name__}'s own loss cannot train on grouped targets "
+                "(vocals + accompaniment tracks as real mixes): use --loss sdr, or coherent: 0"
+            )
+        return self.model.loss_from_estimate(estimate, targets, rows)
 
 
 def _with_state(

@@ -25,7 +25,7 @@ def sources_of(targets: np.ndarray) -> list[tuple[int, int]]:
 
 def test_coherent_examples_take_every_stem_from_one_track_at_one_offset():
     data = RemixDataset(numbered_tracks(), SEGMENT, tuple(STEMS), augment=False, coherent=1.0)
-    mixes, targets = data.sample(np.random.default_rng(0), 16)
+    mixes, targets, _ = data.sample(np.random.default_rng(0), 16)
     for mix, example in zip(mixes, targets):
         assert len(set(sources_of(example))) == 1
         track, start = sources_of(example)[0]
@@ -36,21 +36,21 @@ def test_coherent_examples_take_every_stem_from_one_track_at_one_offset():
 
 def test_remixed_examples_draw_each_stem_independently():
     data = RemixDataset(numbered_tracks(), SEGMENT, tuple(STEMS), augment=False)
-    _, targets = data.sample(np.random.default_rng(0), 16)
+    _, targets, _ = data.sample(np.random.default_rng(0), 16)
     # Four independent draws from 6 tracks x 901 offsets almost never coincide.
     assert all(len(set(sources_of(example))) == 4 for example in targets)
 
 
 def test_coherent_fraction_sets_the_share_of_real_mixes():
     data = RemixDataset(numbered_tracks(), SEGMENT, tuple(STEMS), augment=False, coherent=0.3)
-    _, targets = data.sample(np.random.default_rng(1), 400)
+    _, targets, _ = data.sample(np.random.default_rng(1), 400)
     share = np.mean([len(set(sources_of(example))) == 1 for example in targets])
     assert 0.23 < share < 0.37
 
 
 def test_coherent_examples_are_still_augmented_per_stem():
     data = RemixDataset(numbered_tracks(), SEGMENT, tuple(STEMS), coherent=1.0)
-    _, targets = data.sample(np.random.default_rng(2), 8)
+    _, targets, _ = data.sample(np.random.default_rng(2), 8)
     plain = np.abs(targets[:, :, 0, 0])
     gains = plain / np.max(plain, axis=1, keepdims=True)
     assert np.any(gains < 0.99)  # stems of one example got different gains
@@ -69,7 +69,7 @@ def slopes(targets: np.ndarray) -> np.ndarray:
 def test_speed_changes_play_each_stem_faster_or_slower_within_the_bound():
     tracks = numbered_tracks(length=8000)
     data = RemixDataset(tracks, LONG, tuple(STEMS), augment=False, speed=0.2)
-    mixes, targets = data.sample(np.random.default_rng(3), 32)
+    mixes, targets, _ = data.sample(np.random.default_rng(3), 32)
     assert targets.shape == (32, 4, 2, LONG) and mixes.shape == (32, 2, LONG)
     speeds = slopes(targets)
     assert np.all((speeds > 0.79) & (speeds < 1.21))
@@ -80,7 +80,7 @@ def test_speed_changes_play_each_stem_faster_or_slower_within_the_bound():
 def test_a_coherent_example_changes_the_speed_of_all_its_stems_alike():
     tracks = numbered_tracks(length=8000)
     data = RemixDataset(tracks, LONG, tuple(STEMS), augment=False, coherent=1.0, speed=0.2)
-    _, targets = data.sample(np.random.default_rng(4), 16)
+    _, targets, _ = data.sample(np.random.default_rng(4), 16)
     speeds = slopes(targets).reshape(16, 4)
     np.testing.assert_allclose(speeds, speeds[:, :1].repeat(4, axis=1), rtol=1e-4)
     assert np.ptp(speeds[:, 0]) > 0.1
@@ -96,7 +96,7 @@ def test_mixup_sums_two_segments_of_the_same_stem_from_random_tracks():
     for stem in range(len(STEMS)):
         tracks[0][stem] += stem * 1_000_000  # the stem index shows in the sum too
     data = RemixDataset(tracks, SEGMENT, tuple(STEMS), augment=False, mixup=1.0)
-    mixes, targets = data.sample(np.random.default_rng(0), 32)
+    mixes, targets, _ = data.sample(np.random.default_rng(0), 32)
     assert np.all(segments_summed(targets) == 2)
     np.testing.assert_allclose(mixes, targets.sum(axis=1))
     # Each stem holds only segments of itself: the stem offset appears 0, 1 or 2 times.
@@ -111,13 +111,13 @@ def test_mixup_sums_two_segments_of_the_same_stem_from_random_tracks():
 
 def test_mixup_probability_sets_the_share_of_summed_stems_and_spares_real_mixes():
     data = RemixDataset(numbered_tracks(), SEGMENT, tuple(STEMS), augment=False, mixup=0.3)
-    _, targets = data.sample(np.random.default_rng(1), 200)
+    _, targets, _ = data.sample(np.random.default_rng(1), 200)
     share = np.mean(segments_summed(targets) == 2)
     assert 0.25 < share < 0.35 and set(np.unique(segments_summed(targets))) == {1, 2}
     real = RemixDataset(
         numbered_tracks(), SEGMENT, tuple(STEMS), augment=False, coherent=1.0, mixup=1.0
     )
-    _, targets = real.sample(np.random.default_rng(1), 16)
+    _, targets, _ = real.sample(np.random.default_rng(1), 16)
     assert np.all(segments_summed(targets) == 1)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import models.mel_roformer as mel
+import models.roformer as roformer
 from models.complex_mask import bounded_complex_mask
 from sepcli import checkpoints, engine
 from sepcli import train as training
@@ -113,9 +113,9 @@ def test_transformer_runs_are_grouped_on_the_cpu_only(monkeypatch):
     torch.manual_seed(0)
     model = checkpoints.build_model("mel-roformer", SMALL["mel-roformer"]).eval()
     calls = []
-    real = mel.Transformer.layers_forward
-    monkeypatch.setattr(mel, "TOKENS_PER_GROUP", 64)  # several groups even on a short chunk
-    monkeypatch.setattr(mel.Transformer, "layers_forward",
+    real = roformer.Transformer.layers_forward
+    monkeypatch.setattr(roformer, "TOKENS_PER_GROUP", 64)  # several groups even on a short chunk
+    monkeypatch.setattr(roformer.Transformer, "layers_forward",
                         lambda self, x: calls.append(x.device.type) or real(self, x))  # fmt: skip
     with torch.inference_mode():
         model.separate_spectrum(torch.zeros(1, 2, 22050))
@@ -132,7 +132,7 @@ def test_transformer_runs_are_grouped_on_the_cpu_only(monkeypatch):
 def test_fused_projection_and_rope_are_cached_until_the_weights_change():
     torch.manual_seed(0)
     model = checkpoints.build_model("mel-roformer", SMALL["mel-roformer"]).eval()
-    attention = next(m for m in model.modules() if isinstance(m, mel.Attention))
+    attention = next(m for m in model.modules() if isinstance(m, roformer.Attention))
     with torch.inference_mode():
         first = attention.fused_projection()
         assert attention.fused_projection() is first
@@ -149,11 +149,11 @@ def test_fused_projection_and_rope_are_cached_until_the_weights_change():
 
 def test_rope_on_cos_and_sin_equals_the_complex_rotation():
     """MPS lacks fast complex kernels; there RoPE rotates real (cos, sin) pairs instead."""
-    rope = mel.RotaryEmbedding(8)
+    rope = roformer.RotaryEmbedding(8)
     angles = torch.arange(5)[:, None, None].float() * rope.freqs[None, None, :]
     x = torch.randn(2, 5, 3, 8)
-    complex_out = mel.apply_rotation(x, torch.polar(torch.ones_like(angles), angles))
-    real_out = mel.apply_rotation(x, (angles.cos(), angles.sin()))
+    complex_out = roformer.apply_rotation(x, torch.polar(torch.ones_like(angles), angles))
+    real_out = roformer.apply_rotation(x, (angles.cos(), angles.sin()))
     torch.testing.assert_close(real_out, complex_out, atol=1e-6, rtol=0)
 
 
@@ -215,7 +215,7 @@ class _RecordingLoss(torch.nn.Module):
         yield
         self.in_no_sync = False
 
-    def forward(self, mix, targets):
+    def forward(self, mix, targets, groups=None):
         self.synced.append(not self.in_no_sync)
         return self.model.loss(mix, targets)
 
@@ -231,7 +231,7 @@ def test_gradient_accumulation_all_reduces_on_the_last_micro_batch_only(tmp_path
     class Batches:
         def next(self):
             mix = torch.randn(1, 2, 4410) * 0.1
-            return mix, torch.stack([mix * 0.5] * 4, 1), {}
+            return mix, torch.stack([mix * 0.5] * 4, 1), None, {}
 
     record = run.optimizer_step(Batches())
     assert run.compute_loss.synced == [False, False, False, True]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models import mel_roformer
+from models import roformer
 from models.mel_roformer import MelRoFormer, MelRoFormerConfig
 from models.spectral import mel_band_membership
 from sepcli import checkpoints
@@ -33,7 +33,7 @@ def test_matches_the_community_reference_output_through_strict_loading():
 
 
 def test_matches_our_float64_fixture_with_linear_attention_and_skips():
-    config, inference = checkpoints.community_config(FIXTURE / "config.yaml")
+    _, config, inference = checkpoints.community_config(FIXTURE / "config.yaml")
     assert (
         config.sources == ("vocals", "other")
         and config.multi_stft_resolutions_window_sizes[0] == 4096
@@ -55,7 +55,7 @@ def test_matches_our_float64_fixture_with_linear_attention_and_skips():
 
 def test_swapping_time_and_frequency_transformers_changes_the_output():
     """The trap: layers.{i}.0 is time and .1 frequency; a loader that swapped them must fail the test."""
-    config, _ = checkpoints.community_config(FIXTURE / "config.yaml")
+    _, config, _ = checkpoints.community_config(FIXTURE / "config.yaml")
     state = load_file(FIXTURE / "state_dict.safetensors")
     swapped = {}
     for key, value in state.items():
@@ -152,7 +152,7 @@ def test_unknown_or_mistyped_config_keys_are_named(tmp_path):
 
 @pytest.mark.parametrize("length", [1, 441, 1000, 8821])
 def test_separator_contract_for_any_length(length):
-    config, _ = checkpoints.community_config(FIXTURE / "config.yaml")
+    _, config, _ = checkpoints.community_config(FIXTURE / "config.yaml")
     model = MelRoFormer(config).eval()
     with torch.no_grad():
         y = model(torch.randn(2, 2, length) * 0.1)
@@ -160,7 +160,7 @@ def test_separator_contract_for_any_length(length):
 
 
 def test_loss_is_l1_plus_multi_resolution_stft_and_reaches_every_parameter():
-    config, _ = checkpoints.community_config(FIXTURE / "config.yaml")
+    _, config, _ = checkpoints.community_config(FIXTURE / "config.yaml")
     model = MelRoFormer(config)
     mix = torch.randn(1, 2, 8820) * 0.1
     targets = torch.stack([mix * 0.3, mix * 0.7], dim=1)
@@ -172,7 +172,7 @@ def test_loss_is_l1_plus_multi_resolution_stft_and_reaches_every_parameter():
 
 
 def test_forward_is_the_inverse_stft_of_the_masked_spectrum():
-    config, _ = checkpoints.community_config(FIXTURE / "config.yaml")
+    _, config, _ = checkpoints.community_config(FIXTURE / "config.yaml")
     model = MelRoFormer(config).eval()
     mix = torch.randn(2, 2, 8820) * 0.1
     with torch.no_grad():
@@ -203,7 +203,7 @@ def test_mel_bands_match_the_reference_tables():
 
 
 def test_growing_adds_transformer_layers_without_changing_the_output():
-    config, _ = checkpoints.community_config(FIXTURE / "config.yaml")
+    _, config, _ = checkpoints.community_config(FIXTURE / "config.yaml")
     torch.manual_seed(0)
     shallow = MelRoFormer(config).eval()
     deeper = dataclasses.replace(config, time_transformer_depth=2, freq_transformer_depth=3)
@@ -230,7 +230,7 @@ def test_growing_adds_transformer_layers_without_changing_the_output():
 
 
 def test_growing_widens_the_mask_mlps_without_changing_the_output():
-    config, _ = checkpoints.community_config(FIXTURE / "config.yaml")
+    _, config, _ = checkpoints.community_config(FIXTURE / "config.yaml")
     torch.manual_seed(0)
     narrow = MelRoFormer(dataclasses.replace(config, mask_estimator_depth=2)).eval()
     wider = dataclasses.replace(narrow.config, mlp_expansion_factor=3, time_transformer_depth=2)
@@ -258,7 +258,7 @@ def test_growing_widens_the_mask_mlps_without_changing_the_output():
 
 
 def test_growing_dim_widens_the_residual_stream_without_changing_the_output():
-    config, _ = checkpoints.community_config(FIXTURE / "config.yaml")
+    _, config, _ = checkpoints.community_config(FIXTURE / "config.yaml")
     torch.manual_seed(0)
     narrow = MelRoFormer(config).eval()  # linear attention, skip connections, 2-layer mask MLPs
     grown = MelRoFormer(dataclasses.replace(config, dim=12, freq_transformer_depth=2)).eval()
@@ -290,7 +290,7 @@ def test_overlapping_bands_are_summed_as_adding_each_into_its_slice_would():
     offsets = sorted(int(v) for v in rng.choice(60, size=9, replace=False))
     sizes = [int(v) for v in rng.integers(1, 25, size=9)]
     width = max(o + s for o, s in zip(offsets, sizes)) + 3
-    groups = mel_roformer.disjoint_groups(offsets, sizes)
+    groups = roformer.disjoint_groups(offsets, sizes)
     assert sorted(k for g in groups for k in g) == list(range(9))
     for group in groups:  # no two bands of a group overlap
         spans = sorted((offsets[k], offsets[k] + sizes[k]) for k in group)
@@ -300,7 +300,7 @@ def test_overlapping_bands_are_summed_as_adding_each_into_its_slice_would():
     for piece, start in zip(pieces, offsets):
         expected[..., start : start + piece.shape[-1]] += piece
     placed = [
-        mel_roformer.place([pieces[k] for k in g], [offsets[k] for k in g], width) for g in groups
+        roformer.place([pieces[k] for k in g], [offsets[k] for k in g], width) for g in groups
     ]
     torch.testing.assert_close(sum(placed[1:], placed[0]), expected)
 

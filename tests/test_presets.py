@@ -62,9 +62,10 @@ def test_community_presets_have_exactly_the_community_keys_and_shapes(name, dump
 
 
 def test_kj_preset_works_as_a_community_config():
-    config, defaults = checkpoints.community_config(
+    family, config, defaults = checkpoints.community_config(
         checkpoints.PRESETS_DIR / "mel-roformer-kj.yaml"
     )
+    assert family == "mel-roformer"
     assert config.sources == ("vocals",) and config.stft_hop_length == 441
     assert config.multi_stft_resolutions_window_sizes == (4096, 2048, 1024, 512, 256)
     assert defaults == {"segment": 352800, "overlap": 0.5, "batch_size": 4}

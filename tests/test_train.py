@@ -115,7 +115,7 @@ def test_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path):
     assert losses["halves"] == losses["straight"]
 
 
-@pytest.mark.parametrize("arch", ["complex-mask", "ibm-cnn"])
+@pytest.mark.parametrize("arch", ["bs-roformer", "complex-mask", "ibm-cnn"])
 def test_other_architectures_train_through_the_same_loop(tmp_path, arch):
     """The IBM-CNN works at 8 kHz here: the trainer resamples MUSDB to the model's rate."""
     make_wav_musdb(tmp_path / "db")
@@ -237,9 +237,11 @@ def test_train_on_valid_adds_the_valid_tracks_to_the_remix_pool(tmp_path, monkey
     pools = []
 
     class Recording(train_module.RemixDataset):
-        def __init__(self, stems, *args, **kwargs):
-            pools.append(stems)
-            super().__init__(stems, *args, **kwargs)
+        def __init__(self, tracks, *args, **kwargs):
+            ((_, found),) = tracks.values()  # one dataset: (weight, its tracks)
+            pools.append([np.stack([t.targets[a] for a in ("vocals", "drums", "bass", "other")])
+                          for t in found])  # fmt: skip
+            super().__init__(tracks, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "RemixDataset", Recording)
     make_wav_musdb(tmp_path / "db")
@@ -257,5 +259,7 @@ def test_train_on_valid_adds_the_valid_tracks_to_the_remix_pool(tmp_path, monkey
     assert sum(holds_valid) == int(on_valid)
     data = checkpoints.read_metadata(tmp_path / "run" / "last.safetensors")["provenance"]["data"]
     assert data.startswith(
-        "MUSDB18 db train split (2 tracks)" + " and valid split (1 tracks)" * on_valid + ", remixed"
-    )
+        f"musdb:db ({2 + on_valid} tracks, 0 min, weight 1)"
+        + " (valid tracks included)" * on_valid
+        + "; validation on 1 held-out tracks; remixed"
+    ), data
