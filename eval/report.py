@@ -202,3 +202,44 @@ def boxplot(folders: dict[str, Path], png: Path) -> None:
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
+
+
+def paired_differences(first: Path, second: Path) -> dict[str, dict[str, float]]:
+    """Track-by-track differences second - first, per stem and over all track-stems: the mean
+    and its standard error for museval SDR and global SDR, and the share of track-stems that
+    improved (global). Only tracks scored in both folders count."""
+    a = {t["name"]: t["scores"] for t in read_track_scores(first)}
+    b = {t["name"]: t["scores"] for t in read_track_scores(second)}
+    names = sorted(set(a) & set(b))
+    rows: dict[str, dict[str, list[float]]] = {}
+    for name in names:
+        for stem in set(a[name]) & set(b[name]):
+            for metric, key in (("museval", "SDR"), ("global", "global_sdr")):
+                d = b[name][stem][key] - a[name][stem][key]
+                if np.isfinite(d):
+                    for group in (stem, "all"):
+                        rows.setdefault(group, {}).setdefault(metric, []).append(float(d))
+    out = {}
+    for group, metrics in sorted(rows.items(), key=lambda kv: _stem_order(kv[0])):
+        entry = {"tracks": len(metrics.get("global", []))}
+        for metric, values in metrics.items():
+            v = np.array(values)
+            entry[f"{metric}_mean"] = float(v.mean())
+            entry[f"{metric}_se"] = (
+                float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else float("nan")
+            )
+        entry["improved"] = float(np.mean(np.array(metrics.get("global", [0.0])) > 0))
+        out[group] = entry
+    return out
+
+
+def paired_table(first: str, second: str, diffs: dict[str, dict[str, float]]) -> Table:
+    table = Table(title=f"track by track: {second} - {first} (mean +- standard error, dB)")
+    for column in ("stem", "track-stems", "museval SDR", "global SDR", "global better"):
+        table.add_column(column, justify="right")
+    for group, entry in diffs.items():
+        table.add_row(group, str(entry["tracks"]),
+                      f"{entry.get('museval_mean', float('nan')):+.3f} +- {entry.get('museval_se', float('nan')):.3f}",
+                      f"{entry['global_mean']:+.3f} +- {entry['global_se']:.3f}",
+                      f"{100 * entry['improved']:.0f} %")  # fmt: skip
+    return table

@@ -500,13 +500,23 @@ def default_checkpoint() -> Path:
     return WEIGHTS_DIR / f"{DEFAULT_MODEL}.safetensors"
 
 
+def embedded_checkpoint(name: str) -> Path | None:
+    """The package's own checkpoint called `name` (`default`, `complex-mask`...), if any."""
+    if "/" in name or name.startswith("."):
+        return None
+    path = WEIGHTS_DIR / f"{name}.safetensors"
+    return path if path.is_file() else None
+
+
 def load_model(spec: str | None, config: Path | None = None) -> LoadedModel:
-    """Resolve `-m`: the embedded default, a native `.safetensors`, or a community `.ckpt` + YAML."""
-    if spec in (None, "", DEFAULT_MODEL):
-        path = default_checkpoint()
-        if not path.exists():
-            raise CheckpointError("the embedded default model is missing from this installation")
-        return load_native(path, name=DEFAULT_MODEL)
+    """Resolve `-m`: an embedded model by name, a native `.safetensors`, or a community `.ckpt`
+    + YAML. A file of that name in the working folder wins over an embedded model."""
+    if spec in (None, "", DEFAULT_MODEL) and not default_checkpoint().exists():
+        raise CheckpointError("the embedded default model is missing from this installation")
+    spec = spec or DEFAULT_MODEL
+    embedded = embedded_checkpoint(spec)
+    if embedded is not None and not Path(spec).exists() and config is None:
+        return load_native(embedded, name=spec)
     path = Path(spec).expanduser()
     if not path.exists():
         if spec in models.ARCHITECTURES:

@@ -446,11 +446,15 @@ def evaluate_compare(
         help="PNG for the boxplots (default: compare.png in the first folder's parent).",
     ),
 ) -> None:
-    """Side-by-side table and per-stem SDR boxplots of several results folders."""
+    """Side-by-side table and per-stem SDR boxplots of several results folders; for two, the
+    track-by-track differences with their standard errors too."""
     from eval import report
 
     summaries = {folder.name: report.read_summary(folder) for folder in folders}
     out_console.print(report.summary_table(summaries))
+    if len(folders) == 2:
+        diffs = report.paired_differences(folders[0], folders[1])
+        out_console.print(report.paired_table(folders[0].name, folders[1].name, diffs))
     plot = plot or folders[0].parent / "compare.png"
     report.boxplot({f.name: f for f in folders}, plot)
     err_console.print(f"boxplots: {plot}")
@@ -514,12 +518,15 @@ def models_import(
 
 @app.command()
 def info(
-    checkpoint: str = typer.Argument(..., help="Checkpoint path, or 'default'."),
+    checkpoint: str = typer.Argument(..., help="Checkpoint path, or an embedded model's name."),
     config: Optional[Path] = typer.Option(
         None, "--config", help="YAML config of a community .ckpt (family detected from it)."
     ),
+    as_json: bool = typer.Option(
+        False, "--json", help="The checkpoint's metadata as JSON, even where it has a card."
+    ),
 ) -> None:
-    """Print a checkpoint's architecture, config and provenance."""
+    """Print an embedded model's card, or a checkpoint's architecture, config and provenance."""
     from sepcli import checkpoints
 
     if config is not None:
@@ -528,9 +535,13 @@ def info(
         meta["parameters"] = sum(p.numel() for p in loaded.model.parameters())
         typer.echo(json.dumps(meta, indent=2))
         return
-    path = checkpoints.default_checkpoint() if checkpoint == "default" else Path(checkpoint)
+    path = checkpoints.embedded_checkpoint(checkpoint) or Path(checkpoint)
     if not path.exists():
         raise checkpoints.CheckpointError(f"checkpoint not found: {checkpoint}")
+    card = path.with_suffix(".md")
+    if not as_json and card.is_file():
+        typer.echo(card.read_text(), nl=False)
+        return
     meta, shapes = checkpoints.read_header(path)
     # Built on the meta device: counting parameters allocates nothing, whatever the config says.
     model = checkpoints.check_shapes_before_building(

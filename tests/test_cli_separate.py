@@ -502,3 +502,12 @@ def test_the_batch_bar_counts_skipped_tracks_so_a_resumed_batch_ends_full(tmp_pa
         reporter.track_done(TrackResult("c.wav", "skipped", {}, None, 0.0))
         task = reporter.progress.tasks[0]
         assert (task.description, task.completed, task.total) == ("tracks", 3, 3)
+
+
+def test_info_prints_an_embedded_model_s_card_and_json_on_request(capsys, monkeypatch):
+    code, out, _ = run(capsys, monkeypatch, "info", "default")
+    assert code == 0 and out.startswith("# Model card: `default`")
+    assert "| vocals |" in out  # the scores table
+    code, out, _ = run(capsys, monkeypatch, "info", "default", "--json")
+    meta = json.loads(out)
+    assert meta["architecture"] == "mel-roformer" and meta["parameters"] > 1_000_000

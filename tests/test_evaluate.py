@@ -312,3 +312,29 @@ def test_the_embedded_default_separates_real_music(tmp_path, capsys, monkeypatch
     assert settings["tta"] is False and settings["segment"] == 132300 and settings["hop"] == 66150
     assert scores["vocals"] > 2.5 and min(scores.values()) > 1.3, scores
     assert summary["average"]["global_sdr_mean"] > 2.7, scores
+
+
+def test_compare_of_two_folders_gives_track_by_track_differences_with_standard_errors(
+    tmp_path, capsys, monkeypatch
+):
+    from eval import report
+
+    gains = {"a": [1.0, 2.0, 3.0], "b": [1.5, 2.0, 4.0]}  # differences 0.5, 0, 1: mean 0.5
+    for folder, values in gains.items():
+        tracks = tmp_path / folder / "tracks"
+        tracks.mkdir(parents=True)
+        records = []
+        for i, v in enumerate(values):
+            record = {"name": f"t{i}", "scores": {"vocals": {"SDR": v, "SIR": 0.0, "SAR": 0.0,
+                                                             "ISR": 0.0, "global_sdr": 2 * v}}}  # fmt: skip
+            (tracks / f"t{i}.scores.json").write_text(json.dumps(record))
+            records.append(record)
+        report.write_outputs(tmp_path / folder, folder, {}, records)
+    diffs = report.paired_differences(tmp_path / "a", tmp_path / "b")
+    assert diffs["vocals"]["museval_mean"] == pytest.approx(0.5)
+    assert diffs["vocals"]["museval_se"] == pytest.approx(0.5 / np.sqrt(3))
+    assert diffs["all"]["global_mean"] == pytest.approx(1.0) and diffs["all"][
+        "improved"
+    ] == pytest.approx(2 / 3)
+    code, captured = run(capsys, monkeypatch, "evaluate", "compare", tmp_path / "a", tmp_path / "b")
+    assert code == 0 and "+0.500 +- 0.289" in captured.out, captured.out
