@@ -344,7 +344,7 @@ def output_stems(
     return list(sources) + ([f"no_{sources[0]}"] if len(sources) == 1 else [])
 
 
-def _stem_audio(
+def stem_audio(
     stem: str, sources: tuple[str, ...], estimate: np.ndarray, mix: np.ndarray
 ) -> np.ndarray:
     """One output stem from the estimates [S, C, n]; residuals are the other estimates summed,
@@ -411,7 +411,7 @@ def separate_track(
             )
         for estimate in demixer.stream(model_rate_blocks()):
             mix = _take(pending_mix, estimate.shape[-1])
-            parts = [_stem_audio(s, model.sources, estimate, mix) for s in stems]
+            parts = [stem_audio(s, model.sources, estimate, mix) for s in stems]
             _write(writers, stems, from_model(np.concatenate(parts)), out_channels)
         _write(
             writers,
@@ -489,8 +489,18 @@ def run_batch(
     Any exception but an interruption fails its track alone; `raise_unexpected` (the CLI's
     --debug) lets the ones that are not about the input through with their traceback.
     """
+    return list(iter_batch(tracks, demixer, options, reporter, raise_unexpected))
+
+
+def iter_batch(
+    tracks: list[Track],
+    demixer: Demixer,
+    options: SeparationOptions,
+    reporter: "Reporter",
+    raise_unexpected: bool = False,
+) -> Iterator[TrackResult]:
+    """`run_batch`, yielding each track's result as it finishes."""
     check_output_format(options.fmt, options.bit_depth)
-    results = []
     for track in tracks:
         start = time.perf_counter()
         outputs = {s: str(p) for s, p in track.outputs.items()}
@@ -500,7 +510,7 @@ def run_batch(
             if not options.overwrite and _finished(track, demixer, options, reporter):
                 result = TrackResult(str(track.path), "skipped", outputs, None, 0.0)
                 reporter.track_done(result)
-                results.append(result)
+                yield result
                 continue
             reporter.track_start(track)
             demixer, info = _separate_with_fallback(track, demixer, options, reporter)
@@ -514,8 +524,7 @@ def run_batch(
                 str(track.path), "failed", {}, track_error(err), time.perf_counter() - start
             )
         reporter.track_done(result)
-        results.append(result)
-    return results
+        yield result
 
 
 EXPECTED_TRACK_ERRORS = (AudioError, OSError, EngineError)
@@ -585,6 +594,7 @@ def _finished(
 class Reporter:
     """Where progress goes; the CLI gives a rich one, tests and library use a silent one."""
 
+    def planned(self, tracks: int) -> None: ...
     def note(self, message: str) -> None: ...
     def track_start(self, track: Track) -> None: ...
     def track_info(self, info: AudioInfo) -> None: ...

@@ -301,7 +301,8 @@ def check_metadata(meta: Any, source: str) -> None:
 def check_inference(inference: dict[str, Any], source: str) -> None:
     """Engine defaults from a checkpoint or YAML, checked like the command-line options."""
     bounds = {"segment": (int, 2, models.base.MAX_SEGMENT), "overlap": (float, 0.0, MAX_OVERLAP),
-              "batch_size": (int, 1, MAX_BATCH), "tta": (bool, None, None)}  # fmt: skip
+              "batch_size": (int, 1, MAX_BATCH), "tta": (bool, None, None),
+              "cpu_bf16": (bool, None, None)}  # fmt: skip
     for key, value in inference.items():
         if key not in bounds:
             continue

@@ -34,7 +34,10 @@ out_console = Console(highlight=False, markup=False)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEBUG = {"on": False}
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps."
-PRECISION_HELP = "auto (bf16/fp16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16."
+PRECISION_HELP = (
+    "auto (bf16/fp16 on CUDA; bf16 on a CPU with native bf16 for models measured to gain; "
+    "else fp32), fp32, bf16 or fp16."
+)
 # A round floor above the spectral models' STFT window (2048 samples, 46 ms): shorter chunks
 # separate nothing useful. The ceilings keep a typo from asking for terabytes or days.
 MIN_SEGMENT_SECONDS, MAX_SEGMENT_SECONDS = 0.1, 300.0
@@ -176,37 +179,24 @@ def separate(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bars or summary table."),
 ) -> None:
     """Separate songs into stems: separated/<model>/<track>/<stem>.wav by default."""
-    from sepcli import batch, checkpoints, progress
-    from sepcli.audio import check_clip_mode, check_output_format, check_output_rate
+    from sepcli import api, progress
 
-    bit_depth, mp3_bitrate = _format_settings(fmt, bit_depth, mp3_bitrate)
-    check_output_format(fmt, bit_depth)
-    if sample_rate is not None:
-        check_output_rate(fmt, sample_rate)
-    check_clip_mode(clip)
-    loaded = checkpoints.load_model(model, config)
-    outputs = batch.output_root(out, name, loaded.name)
-    tracks, notes = batch.discover(inputs, recursive, outputs)
-    chosen = batch.output_stems(loaded.model.sources, _split_csv(stems), two_stems)
-    batch.plan_outputs(tracks, out, name, loaded.name, chosen, fmt)
     reporter = progress.RichReporter(
-        err_console, quiet=quiet or (as_json and not sys.stderr.isatty()), tracks=len(tracks)
+        err_console, quiet=quiet or (as_json and not sys.stderr.isatty())
     )
-    for note in notes:
-        reporter.note(note)
-    demixer = _demixer(
-        loaded, segment, overlap, batch_size, shifts, tta, device, precision, reporter.note
-    )
-    options = batch.SeparationOptions(
-        chosen, fmt, bit_depth, clip, sample_rate, downmix, overwrite, mp3_bitrate
-    )
+    separator = api.load(model, config, device, precision, segment, overlap, batch_size, shifts,
+                         tta, on_retry=reporter.note)  # fmt: skip
+    results = api.separate_files(
+        inputs, separator, out, name, fmt, _split_csv(stems), two_stems, recursive, overwrite,
+        bit_depth, mp3_bitrate, clip, sample_rate, downmix, reporter=reporter,
+        raise_unexpected=DEBUG["on"],
+    )  # fmt: skip
     with reporter:
-        results = batch.run_batch(tracks, demixer, options, reporter, DEBUG["on"])
-    reporter.summary(results)
+        done = list(results)
+    reporter.summary()
     if as_json:
-        doc = {"model": loaded.name, "tracks": [_result_json(r) for r in results]}
-        _print_json(doc)
-    if any(r.status == "failed" for r in results):
+        _print_json({"model": separator.name, "tracks": done})
+    if any(r["status"] == "failed" for r in done):
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -217,22 +207,6 @@ def _print_json(doc: dict) -> None:
         sys.stdout.flush()
     except BrokenPipeError:  # `| head`: the reader left; the outputs are written all the same
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-
-def _format_settings(fmt: str, bit_depth: int | None, mp3_bitrate: int | None) -> tuple[int, int]:
-    """Bit depth and MP3 bitrate with their defaults; a setting the format has no use for is an
-    error rather than silently dropped, so `--format mp3 --bit-depth 24` cannot look like it
-    wrote 24-bit files."""
-    from sepcli.audio import DEFAULT_BIT_DEPTH, DEFAULT_MP3_KBPS, AudioError
-
-    if fmt == "mp3" and bit_depth is not None:
-        raise AudioError(
-            "--bit-depth does not apply to MP3 stems; --mp3-bitrate sets their quality"
-        )
-    if fmt != "mp3" and mp3_bitrate is not None:
-        raise AudioError(f"--mp3-bitrate applies to --format mp3 only, not {fmt}")
-    bit_depth = DEFAULT_BIT_DEPTH if bit_depth is None else bit_depth
-    return bit_depth, DEFAULT_MP3_KBPS if mp3_bitrate is None else mp3_bitrate
 
 
 def _demixer(loaded, segment, overlap, batch_size, shifts, tta, device, precision, on_retry=None):
@@ -255,16 +229,6 @@ def _demixer(loaded, segment, overlap, batch_size, shifts, tta, device, precisio
     if demixer.device.type == "cpu":
         keep_freed_memory()
     return demixer
-
-
-def _result_json(result) -> dict:
-    return {
-        "input": result.input,
-        "status": result.status,
-        "outputs": result.outputs,
-        "error": result.error,
-        "seconds": round(result.seconds, 3),
-    }
 
 
 evaluate_app = typer.Typer(
@@ -643,6 +607,37 @@ def _data_specs(musdb: Path | None, data: list[str] | None, is_wav: bool, from_y
     if len(set(labels)) != len(labels):
         raise UsageError(f"a dataset is named twice: {', '.join(labels)}")
     return specs
+
+
+@app.command()
+def doctor(
+    out: Path = typer.Option(Path("separated"), "-o", "--out", help="Where the stems would go."),
+    as_json: bool = typer.Option(False, "--json", help="The facts as JSON, for bug reports."),
+) -> None:
+    """What this machine offers, what sepcli will do on it, and how to fix what is missing."""
+    from rich.table import Table
+
+    from sepcli.doctor import report
+
+    facts, problems = report(out)
+    if as_json:
+        doc = {"facts": facts, "problems": [p.__dict__ for p in problems]}
+        _print_json(doc)
+    else:
+        table = Table(title="sepcli doctor", show_header=False)
+        table.add_column("what")
+        table.add_column("value")
+        for key, value in facts.items():
+            if key == "soundfile_formats":
+                value = f"{len(value)} formats"
+            table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+        out_console.print(table)
+        for problem in problems:
+            out_console.print(f"{problem.level}: {problem.what}\n  fix: {problem.fix}")
+        if not problems:
+            out_console.print("no problems found")
+    if any(p.level == "broken" for p in problems):
+        raise typer.Exit(EXIT_FAILED)
 
 
 def interrupted_outcome(argv: list[str]) -> str:

@@ -61,12 +61,18 @@ def resolve_device(name: str) -> torch.device:
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def resolve_precision(device: torch.device, precision: str) -> str:
+def resolve_precision(device: torch.device, precision: str, cpu_bf16: bool = False) -> str:
     """`auto` -> what runs on `device`: bf16 on CUDA GPUs with native bf16 (Ampere and later),
-    fp16 on older ones (emulated bf16 on a T4 or V100 is slower than fp32), fp32 elsewhere."""
+    fp16 on older ones (emulated bf16 on a T4 or V100 is slower than fp32); on a CPU, bf16 for a
+    model measured to gain from it (`cpu_bf16`, from its checkpoint) where the CPU has native
+    bf16 (AVX512-BF16 or AMX), else fp32."""
     if precision not in PRECISIONS:
         raise EngineError(f"unknown precision '{precision}' (use auto, fp32, bf16 or fp16)")
     if precision == "auto":
+        if device.type == "cpu":
+            from sepcli.doctor import native_cpu_bf16
+
+            return "bf16" if cpu_bf16 and native_cpu_bf16() else "fp32"
         if device.type != "cuda":
             return "fp32"
         return "bf16" if native_bf16_on_cuda(device) else "fp16"
@@ -82,9 +88,11 @@ def native_bf16_on_cuda(device: torch.device) -> bool:
         return torch.cuda.get_device_capability(device)[0] >= 8
 
 
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+def autocast_for(
+    device: torch.device, precision: str, cpu_bf16: bool = False
+) -> contextlib.AbstractContextManager:
     """The autocast context for `precision` (see `resolve_precision`); none for fp32."""
-    resolved = resolve_precision(device, precision)
+    resolved = resolve_precision(device, precision, cpu_bf16)
     if resolved == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if resolved == "bf16" else torch.float16
@@ -121,7 +129,8 @@ class Demixer:
         shifts: number of chunk grids at random offsets averaged together (0 or 1: one grid).
         tta: also run every chunk with its channels swapped and with its polarity inverted, and
             average the three (the community `--use_tta`); 3x the compute.
-        device, precision: where and how the model runs (see `autocast_for`).
+        device, precision: where and how the model runs (see `resolve_precision`).
+        cpu_bf16: `auto` may pick bf16 on a CPU with native bf16 (measured for this model).
         seed: seeds the shift offsets, so runs are repeatable.
         on_retry: told in words when an out-of-memory error makes the engine shrink its batch.
     """
@@ -138,6 +147,7 @@ class Demixer:
         precision: str = "fp32",
         seed: int = 0,
         on_retry: Callable[[str], None] | None = None,
+        cpu_bf16: bool = False,
     ) -> None:
         self.segment = int(segment or model.segment)
         self.overlap, self.shifts, self.tta, self.seed = overlap, shifts, tta, seed
@@ -149,8 +159,8 @@ class Demixer:
             raise EngineError(f"batch size must be at least 1, got {batch_size}")
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.model = model.to(self.device).eval()
-        self.precision = precision
-        autocast_for(self.device, precision)  # validate early
+        self.precision, self.cpu_bf16 = precision, cpu_bf16
+        autocast_for(self.device, precision, cpu_bf16)  # validate early
         use_fast_cuda_kernels(self.device, precision)
         self.hop = max(1, round(self.segment * (1 - overlap)))
         self.pad = self.segment // 2
@@ -164,7 +174,7 @@ class Demixer:
     def with_segment(self, segment: int) -> "Demixer":
         """The same demixer with another chunk length (the out-of-memory fallback)."""
         return Demixer(self.model, segment, self.overlap, self.batch_size, self.shifts, self.tta,
-                       self.device, self.precision, self.seed, self.on_retry)  # fmt: skip
+                       self.device, self.precision, self.seed, self.on_retry, self.cpu_bf16)  # fmt: skip
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -252,7 +262,7 @@ class Demixer:
         return x.to(self.device)
 
     def _forward_batch(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), autocast_for(self.device, self.precision):
+        with torch.inference_mode(), autocast_for(self.device, self.precision, self.cpu_bf16):
             y = self.model(x).float()
             if self.tta:
                 # One view at a time, so TTA costs time but no extra memory.

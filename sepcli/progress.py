@@ -30,6 +30,10 @@ class RichReporter(Reporter):
         )  # fmt: skip
         self.batch_task: TaskID | None = None
         self.track_task: TaskID | None = None
+        self.results: list[TrackResult] = []
+
+    def planned(self, tracks: int) -> None:
+        self.tracks = tracks
 
     def __enter__(self) -> "RichReporter":
         self.progress.start()
@@ -65,6 +69,7 @@ class RichReporter(Reporter):
             self.progress.advance(self.track_task, seconds)
 
     def track_done(self, result: TrackResult) -> None:
+        self.results.append(result)
         if result.status == "failed":
             self.console.print(
                 f"sepcli: failed: {shown(result.input)}: {result.error}",
@@ -74,7 +79,9 @@ class RichReporter(Reporter):
         # Skipped tracks count too, so a resumed batch's bar ends full.
         self.progress.advance(self._batch_task(), 1)
 
-    def summary(self, results: list[TrackResult]) -> None:
+    def summary(self, results: list[TrackResult] | None = None) -> None:
+        """The table of every track's outcome (by default the tracks reported so far)."""
+        results = self.results if results is None else results
         if self.quiet or not results:
             return
         table = Table(title="sepcli separate")

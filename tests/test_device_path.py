@@ -254,3 +254,14 @@ def test_the_gpu_check_script_runs_on_the_cpu_in_reduced_form():
         assert row in table, table
     assert "FAILED" not in table and "losses finite: True" in table
     assert "bitwise equal" in table
+
+
+def test_auto_picks_bf16_on_a_cpu_only_for_a_measured_model_and_native_bf16(monkeypatch):
+    import sepcli.doctor as doctor
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(doctor, "native_cpu_bf16", lambda: True)
+    assert engine.resolve_precision(cpu, "auto", cpu_bf16=True) == "bf16"
+    assert engine.resolve_precision(cpu, "auto", cpu_bf16=False) == "fp32"
+    monkeypatch.setattr(doctor, "native_cpu_bf16", lambda: False)  # AVX2 only: emulated
+    assert engine.resolve_precision(cpu, "auto", cpu_bf16=True) == "fp32"
