@@ -145,6 +145,78 @@ def load(
     return Separator(loaded.name, loaded.model, demixer, loaded.metadata)
 
 
+@dataclasses.dataclass
+class Plan:
+    """What `separate_files` will do: the tracks with their planned outputs, and the options."""
+
+    separator: Separator
+    tracks: list[batch.Track]
+    options: batch.SeparationOptions
+    notes: list[str]
+
+
+def plan(
+    inputs: Iterable[str | Path],
+    model: Separator | str = "default",
+    out: str | Path = "separated",
+    name: str = batch.DEFAULT_TEMPLATE,
+    fmt: str = "wav",
+    stems: list[str] | None = None,
+    two_stems: str | None = None,
+    recursive: bool = False,
+    overwrite: bool = False,
+    bit_depth: int | None = None,
+    mp3_bitrate: int | None = None,
+    clip: str = "rescale",
+    sample_rate: int | None = None,
+    downmix: bool = False,
+) -> Plan:
+    """Find the inputs and plan every output, refusing bad settings, collisions and escapes
+    from `out` (UsageError, AudioError) before any audio is read. Options as `separate_files`."""
+    separator = model if isinstance(model, Separator) else load(model)
+    if fmt == "mp3" and bit_depth is not None:
+        raise AudioError(
+            "--bit-depth does not apply to MP3 stems; --mp3-bitrate sets their quality"
+        )
+    if fmt != "mp3" and mp3_bitrate is not None:
+        raise AudioError(f"--mp3-bitrate applies to --format mp3 only, not {fmt}")
+    bit_depth = DEFAULT_BIT_DEPTH if bit_depth is None else bit_depth
+    check_output_format(fmt, bit_depth)
+    if sample_rate is not None:
+        check_output_rate(fmt, sample_rate)
+    check_clip_mode(clip)
+    out = Path(out)
+    outputs = batch.output_root(out, name, separator.name)
+    tracks, notes = batch.discover([str(p) for p in inputs], recursive, outputs)
+    chosen = batch.output_stems(separator.sources, stems, two_stems)
+    batch.plan_outputs(tracks, out, name, separator.name, chosen, fmt)
+    options = batch.SeparationOptions(
+        chosen, fmt, bit_depth, clip, sample_rate, downmix, overwrite,
+        DEFAULT_MP3_KBPS if mp3_bitrate is None else mp3_bitrate,
+    )  # fmt: skip
+    return Plan(separator, tracks, options, notes)
+
+
+def run(
+    planned: Plan,
+    tracks: Iterable[batch.Track] | None = None,
+    progress: Progress | None = None,
+    reporter: batch.Reporter | None = None,
+    raise_unexpected: bool = False,
+) -> Iterator[dict]:
+    """Separate the planned tracks (or `tracks`, a subset such as a shard or a queue's claims),
+    yielding each result as it finishes."""
+    reporter = reporter or batch.Reporter()
+    for note in planned.notes:
+        reporter.note(note)
+    if progress is not None:
+        reporter = _ProgressReporter(reporter, progress)
+    chosen = planned.tracks if tracks is None else tracks
+    results = batch.iter_batch(chosen, planned.separator.demixer, planned.options, reporter,
+                               raise_unexpected)  # fmt: skip
+    return (result_json(result) for result in results)
+
+
 def separate_files(
     inputs: Iterable[str | Path],
     model: Separator | str = "default",
@@ -173,35 +245,11 @@ def separate_files(
     before any audio is read; a failing track is reported and the rest go on. `progress` is
     called as each track's audio is read; `reporter` (a `batch.Reporter`) gets every event.
     """
-    separator = model if isinstance(model, Separator) else load(model)
-    if fmt == "mp3" and bit_depth is not None:
-        raise AudioError(
-            "--bit-depth does not apply to MP3 stems; --mp3-bitrate sets their quality"
-        )
-    if fmt != "mp3" and mp3_bitrate is not None:
-        raise AudioError(f"--mp3-bitrate applies to --format mp3 only, not {fmt}")
-    bit_depth = DEFAULT_BIT_DEPTH if bit_depth is None else bit_depth
-    check_output_format(fmt, bit_depth)
-    if sample_rate is not None:
-        check_output_rate(fmt, sample_rate)
-    check_clip_mode(clip)
-    out = Path(out)
-    outputs = batch.output_root(out, name, separator.name)
-    tracks, notes = batch.discover([str(p) for p in inputs], recursive, outputs)
-    chosen = batch.output_stems(separator.sources, stems, two_stems)
-    batch.plan_outputs(tracks, out, name, separator.name, chosen, fmt)
-    options = batch.SeparationOptions(
-        chosen, fmt, bit_depth, clip, sample_rate, downmix, overwrite,
-        DEFAULT_MP3_KBPS if mp3_bitrate is None else mp3_bitrate,
-    )  # fmt: skip
-    reporter = reporter or batch.Reporter()
-    reporter.planned(len(tracks))
-    for note in notes:
-        reporter.note(note)
-    if progress is not None:
-        reporter = _ProgressReporter(reporter, progress)
-    results = batch.iter_batch(tracks, separator.demixer, options, reporter, raise_unexpected)
-    return (result_json(result) for result in results)
+    planned = plan(inputs, model, out, name, fmt, stems, two_stems, recursive, overwrite,
+                   bit_depth, mp3_bitrate, clip, sample_rate, downmix)  # fmt: skip
+    if reporter is not None:
+        reporter.planned(len(planned.tracks))
+    return run(planned, None, progress, reporter, raise_unexpected)
 
 
 def result_json(result: batch.TrackResult) -> dict:
@@ -265,4 +313,4 @@ def _fit(part: np.ndarray, length: int) -> np.ndarray:
     return np.pad(part, ((0, 0), (0, length - part.shape[-1])))
 
 
-__all__ = ["Separator", "load", "separate_files"]
+__all__ = ["Plan", "Separator", "load", "plan", "run", "separate_files"]

@@ -7,6 +7,7 @@ and an exit code here, in `main`: 0 all done or skipped, 1 some inputs failed, 2
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -177,27 +178,101 @@ def separate(
         False, "--json", help="Print a JSON summary on stdout; everything else goes to stderr."
     ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bars or summary table."),
+    jobs: int = typer.Option(
+        1, "--jobs", min=1, max=256, help="Worker processes sharing the tracks (CPU cores split)."
+    ),
+    shard: Optional[str] = typer.Option(
+        None,
+        "--shard",
+        help="K/N: only every Nth track of the sorted list, from the Kth (job arrays).",
+    ),
 ) -> None:
-    """Separate songs into stems: separated/<model>/<track>/<stem>.wav by default."""
-    from sepcli import api, progress
+    """Separate songs into stems: separated/<model>/<track>/<stem>.wav by default.
 
+    Under torchrun (or with --jobs) the processes share one queue of tracks; rank 0 reports."""
+    from sepcli import api, distributed, progress
+
+    place = distributed.Place.from_env()
+    if jobs > 1 and place is None:
+        raise typer.Exit(distributed.launch_jobs(jobs, _without_jobs(sys.argv[1:])))
+    shard_of = distributed.parse_shard(shard) if shard else None
+    if place is not None:
+        device = place.device(device)
+        if device in ("auto", "cpu"):
+            place.share_threads()
+    main_rank = place is None or place.rank == 0
     reporter = progress.RichReporter(
-        err_console, quiet=quiet or (as_json and not sys.stderr.isatty())
+        err_console, quiet=quiet or not main_rank or (as_json and not sys.stderr.isatty())
     )
     separator = api.load(model, config, device, precision, segment, overlap, batch_size, shifts,
                          tta, on_retry=reporter.note)  # fmt: skip
-    results = api.separate_files(
-        inputs, separator, out, name, fmt, _split_csv(stems), two_stems, recursive, overwrite,
-        bit_depth, mp3_bitrate, clip, sample_rate, downmix, reporter=reporter,
-        raise_unexpected=DEBUG["on"],
-    )  # fmt: skip
-    with reporter:
-        done = list(results)
+    planned = api.plan(inputs, separator, out, name, fmt, _split_csv(stems), two_stems, recursive,
+                       overwrite, bit_depth, mp3_bitrate, clip, sample_rate, downmix)  # fmt: skip
+    tracks = planned.tracks
+    if shard_of is not None:
+        tracks = distributed.shard(tracks, *shard_of)
+    if place is None:
+        reporter.planned(len(tracks))
+        with reporter:
+            done = list(api.run(planned, tracks, reporter=reporter, raise_unexpected=DEBUG["on"]))
+    else:
+        done = _separate_shared(planned, tracks, place, reporter)
+        if done is None:  # not rank 0: rank 0 reports
+            return
     reporter.summary()
     if as_json:
         _print_json({"model": separator.name, "tracks": done})
     if any(r["status"] == "failed" for r in done):
         raise typer.Exit(EXIT_FAILED)
+
+
+def _without_jobs(argv: list[str]) -> list[str]:
+    """The command line again, for the workers, without --jobs N."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--jobs":
+            skip = True
+        elif not arg.startswith("--jobs="):
+            out.append(arg)
+    return out
+
+
+def _separate_shared(planned, tracks, place, reporter) -> list[dict] | None:
+    """One rank's part of a shared batch: claim tracks from the store's queue until none are
+    left, then gather every rank's results on rank 0 (None on the other ranks)."""
+    from sepcli import api, distributed
+
+    store = distributed.connect_store(place)
+    distributed.init_group(store, place)
+    queue = distributed.TrackQueue(store, len(tracks), place)
+    index = {str(t.path): i for i, t in enumerate(tracks)}
+    if place.rank == 0:
+        store.set("count", str(len(tracks)))
+        for i, track in enumerate(tracks):
+            store.set(f"name/{i}", str(track.path))
+    reporter.planned(len(tracks))
+    mine = []
+    with reporter:
+        # One bar for the whole batch on rank 0, fed by the store's counter.
+        shared = (
+            distributed.StoreProgress(queue, reporter.advance_tracks) if place.rank == 0 else None
+        )
+        with shared or contextlib.nullcontext():
+            for result in api.run(planned, queue.claims(tracks), reporter=reporter.per_track(),
+                                  raise_unexpected=DEBUG["on"]):  # fmt: skip
+                result = {**result, "rank": place.rank, "host": place.host,
+                          "index": index[result["input"]]}  # fmt: skip
+                queue.finish(result["index"], result)
+                mine.append(result)
+    gathered = distributed.gather_results(mine, place)
+    if gathered is None:
+        return None
+    for result in gathered:
+        del result["index"]
+    reporter.results = gathered
+    return gathered
 
 
 def _print_json(doc: dict) -> None:

@@ -30,7 +30,8 @@ class RichReporter(Reporter):
         )  # fmt: skip
         self.batch_task: TaskID | None = None
         self.track_task: TaskID | None = None
-        self.results: list[TrackResult] = []
+        self.results: list[TrackResult | dict] = []
+        self.count_tracks = True  # False when a shared queue's counter moves the batch bar
 
     def planned(self, tracks: int) -> None:
         self.tracks = tracks
@@ -77,7 +78,17 @@ class RichReporter(Reporter):
                 markup=False,
             )
         # Skipped tracks count too, so a resumed batch's bar ends full.
-        self.progress.advance(self._batch_task(), 1)
+        if self.count_tracks:
+            self.progress.advance(self._batch_task(), 1)
+
+    def advance_tracks(self, count: int) -> None:
+        """Move the batch bar by tracks that any process finished."""
+        self.progress.advance(self._batch_task(), count)
+
+    def per_track(self) -> "RichReporter":
+        """This reporter, with the batch bar left to `advance_tracks` (a shared queue)."""
+        self.count_tracks = False
+        return self
 
     def summary(self, results: list[TrackResult] | None = None) -> None:
         """The table of every track's outcome (by default the tracks reported so far)."""
@@ -87,10 +98,12 @@ class RichReporter(Reporter):
         table = Table(title="sepcli separate")
         for column in ("track", "duration", "time", "status"):
             table.add_column(column)
-        for r in results:
-            duration = f"{r.duration:.1f} s" if r.duration else "-"
-            status = r.status if r.status != "failed" else f"failed: {r.error}"
-            table.add_row(shown(r.input), duration, f"{r.seconds:.1f} s", status)
+        rows = [r if isinstance(r, dict) else {**vars(r)} for r in results]
+        for r in rows:
+            duration = f"{r['duration']:.1f} s" if r.get("duration") else "-"
+            status = r["status"] if r["status"] != "failed" else f"failed: {r['error']}"
+            where = f" (rank {r['rank']})" if "rank" in r else ""
+            table.add_row(shown(r["input"]), duration, f"{r['seconds']:.1f} s{where}", status)
         self.console.print(table, markup=False)
-        counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+        counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
         self.console.print(", ".join(f"{n} {s}" for s, n in counts.items()))

@@ -1,0 +1,140 @@
+"""A library shared by processes (CPU, gloo): `--jobs`, torchrun, `--shard`, faults."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import soundfile as sf
+
+from sepcli import batch, distributed
+from tests.conftest import write_tone
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def library(folder: Path, seconds=(0.3, 2.5, 0.5, 1.5, 0.2, 1.0)) -> dict[str, float]:
+    """Tracks of very different lengths, and one corrupt file."""
+    folder.mkdir(parents=True)
+    lengths = {}
+    for i, length in enumerate(seconds):
+        write_tone(folder / f"t{i}.wav", length)
+        lengths[f"t{i}.wav"] = length
+    (folder / "corrupt.wav").write_text("not audio at all")
+    return lengths
+
+
+def separate(args, timeout=180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sepcli", "separate", *map(str, args)],
+                          capture_output=True, text=True, env=ENV, timeout=timeout)  # fmt: skip
+
+
+def check_outputs(out: Path, lengths: dict[str, float]) -> None:
+    for name, seconds in lengths.items():
+        stems = sorted((out / "tiny" / name[:-4]).glob("*.wav"))
+        assert [p.name for p in stems] == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
+        assert all(sf.info(p).frames == int(seconds * 44100) for p in stems)
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temp files
+
+
+def test_two_jobs_separate_every_track_once_and_report_once(tmp_path, tiny_checkpoint):
+    lengths = library(tmp_path / "in")
+    args = [tmp_path / "in", "-r", "-m", tiny_checkpoint, "-o", tmp_path / "out", "--json",
+            "--jobs", "2"]  # fmt: skip
+    proc = separate(args)
+    assert proc.returncode == 1, proc.stderr
+    doc = json.loads(proc.stdout)  # one JSON document, from rank 0
+    by_name = {Path(t["input"]).name: t for t in doc["tracks"]}
+    assert len(doc["tracks"]) == len(by_name) == 7  # each track listed once
+    assert by_name["corrupt.wav"]["status"] == "failed"
+    assert {t["status"] for n, t in by_name.items() if n != "corrupt.wav"} == {"done"}
+    assert {t["rank"] for t in doc["tracks"]} == {0, 1} and all(t["host"] for t in doc["tracks"])
+    assert proc.stderr.count("corrupt.wav") == 1  # one report, not one per rank
+    check_outputs(tmp_path / "out", lengths)
+    rerun = separate(args)
+    statuses = {Path(t["input"]).name: t["status"] for t in json.loads(rerun.stdout)["tracks"]}
+    assert statuses.pop("corrupt.wav") == "failed"
+    assert set(statuses.values()) == {"skipped"}
+
+
+@pytest.mark.slow
+def test_torchrun_shares_the_tracks_the_same_way(tmp_path, tiny_checkpoint):
+    lengths = library(tmp_path / "in", seconds=(0.3, 1.2, 0.5))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "-m", "sepcli", "separate", str(tmp_path / "in"), "-r", "-m", str(tiny_checkpoint),
+           "-o", str(tmp_path / "out"), "--json"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+    doc = json.loads(proc.stdout)
+    statuses = sorted(t["status"] for t in doc["tracks"])
+    assert statuses == ["done", "done", "done", "failed"], proc.stderr
+    check_outputs(tmp_path / "out", lengths)
+
+
+def test_shards_cover_the_sorted_list_exactly_once(tmp_path, tiny_checkpoint):
+    tracks = [batch.Track(Path(f"/m/{c}.wav"), c) for c in "dbcaegf"]
+    parts = [distributed.shard(tracks, k, 3) for k in (1, 2, 3)]
+    names = [t.relpath for part in parts for t in part]
+    assert sorted(names) == sorted("abcdefg") and len(names) == 7
+    assert [t.relpath for t in parts[0]] == ["a", "d", "g"]
+    for bad in ("0/3", "4/3", "x", "1/0"):
+        with pytest.raises(batch.UsageError):
+            distributed.parse_shard(bad)
+    lengths = library(tmp_path / "in", seconds=(0.2, 0.3, 0.2))
+    seen = []
+    for k in (1, 2):
+        proc = separate([tmp_path / "in", "-r", "-m", tiny_checkpoint, "-o", tmp_path / "out",
+                         "--json", "--shard", f"{k}/2"])  # fmt: skip
+        seen += [Path(t["input"]).name for t in json.loads(proc.stdout)["tracks"]]
+    assert sorted(seen) == sorted([*lengths, "corrupt.wav"])
+    check_outputs(tmp_path / "out", lengths)
+
+
+def _workers(launcher: subprocess.Popen) -> list[psutil.Process]:
+    return [p for p in psutil.Process(launcher.pid).children() if "sepcli" in " ".join(p.cmdline())]
+
+
+def test_sigint_stops_every_worker_with_no_partial_files_and_a_rerun_resumes(tmp_path,
+                                                                            tiny_checkpoint):  # fmt: skip
+    lengths = library(tmp_path / "in", seconds=(6.0,) * 6)
+    args = [tmp_path / "in", "-r", "-m", tiny_checkpoint, "-o", tmp_path / "out", "--jobs", "2",
+            "--segment", "0.5", "-q"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "sepcli", "separate", *map(str, args)],
+                            stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "out").rglob("vocals.wav")):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".")]
+    for stem in (tmp_path / "out").rglob("*.wav"):
+        assert sf.info(stem).frames == 6 * 44100  # every file there is whole
+    rerun = separate([*args[:-1], "--json"], timeout=300)
+    assert rerun.returncode == 1  # the corrupt file
+    check_outputs(tmp_path / "out", lengths)
+
+
+def test_a_worker_that_dies_is_named_with_the_tracks_it_held(tmp_path, tiny_checkpoint):
+    lengths = library(tmp_path / "in", seconds=(6.0,) * 4)
+    args = [tmp_path / "in", "-r", "-m", tiny_checkpoint, "-o", tmp_path / "out", "--jobs", "2",
+            "--segment", "0.5", "-q"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "sepcli", "separate", *map(str, args)],
+                            stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "out").rglob("vocals.wav")):
+        time.sleep(0.05)
+    workers = _workers(proc)
+    assert len(workers) == 2
+    workers[1].kill()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "worker 1 died" in err and "in flight" in err, err
+    assert ".wav" in err.split("in flight:")[1]  # names the track it held
+    separate([*args[:-1]], timeout=300)
+    check_outputs(tmp_path / "out", lengths)
