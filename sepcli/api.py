@@ -34,6 +34,7 @@ from sepcli.audio import (
     check_output_rate,
 )
 from sepcli.engine import Demixer, EngineError
+from sepcli.ensemble import Ensemble, EnsembleModel, ensemble_name
 
 # progress(track, seconds done, seconds in all or None): called as each track's audio is read.
 Progress = Callable[[str, float, float | None], None]
@@ -47,15 +48,16 @@ class Separator:
         name: the model's name (the checkpoint's file name, or the embedded name).
         sources: the stems the model estimates, in order.
         sample_rate: the rate the model works at (inputs at other rates are resampled).
-        model: the `torch.nn.Module` (a `models.base.Separator`).
+        model: the `torch.nn.Module` (a `models.base.Separator`); for an ensemble, an
+            `EnsembleModel` that lists its members.
         demixer: the chunked engine, with the segment, overlap, batch size, shifts, TTA,
-            device and precision in use.
+            device and precision in use (an `Ensemble` of engines for an ensemble).
         metadata: the checkpoint's metadata (architecture, config, provenance).
     """
 
     name: str
-    model: torch.nn.Module
-    demixer: Demixer
+    model: torch.nn.Module | EnsembleModel
+    demixer: Demixer | Ensemble
     metadata: dict[str, Any]
 
     @property
@@ -88,7 +90,7 @@ class Separator:
         estimate = self.demixer.separate(np.ascontiguousarray(model_mix, dtype=np.float32))
         out = {}
         for stem in chosen:
-            part = batch.stem_audio(stem, self.sources, estimate, model_mix)
+            part = batch.stem_audio(stem, self.sources, estimate, model_mix, _partition(self.model))
             if sample_rate != self.sample_rate:
                 part = Resampler(self.sample_rate, sample_rate, part.shape[0])(part, True)
             part = _fit(part, mix.shape[-1])
@@ -143,6 +145,56 @@ def load(
 
         keep_freed_memory()
     return Separator(loaded.name, loaded.model, demixer, loaded.metadata)
+
+
+COMMUNITY_SUFFIXES = (".ckpt", ".pth", ".pt", ".bin")
+
+
+def load_ensemble(
+    models: list[str | Path],
+    configs: list[str | Path] | None = None,
+    algorithm: str = "avg_wave",
+    weights: list[float] | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    segment: float | None = None,
+    overlap: float | None = None,
+    batch_size: int | None = None,
+    shifts: int = 0,
+    tta: bool | None = None,
+    on_retry: Callable[[str], None] | None = None,
+) -> Separator:
+    """Several separators run as one: each at its own rate, segment, overlap and batch size
+    (its checkpoint's, unless given here), their stems combined by name with `algorithm`
+    (see `sepcli.ensemble`). `configs` go, in order, to the community `.ckpt` models."""
+    pairs = _pair_configs([str(m) for m in models], configs or [])
+    members = [load(m, c, device, precision, segment, overlap, batch_size, shifts, tta, on_retry)
+               for m, c in pairs]  # fmt: skip
+    engine = Ensemble([m.demixer for m in members], algorithm, weights)
+    names = [m.name for m in members]
+    metadata = {
+        "ensemble": {"algorithm": algorithm, "weights": engine.weights,
+                     "models": [{"name": m.name, "metadata": m.metadata} for m in members]}
+    }  # fmt: skip
+    return Separator(ensemble_name(names, algorithm, weights), engine.model, engine, metadata)
+
+
+def _pair_configs(models: list[str], configs: list[str | Path]) -> list[tuple[str, Path | None]]:
+    """Which YAML goes with which model: in order, to the community checkpoints."""
+    if len(models) == 1 and len(configs) <= 1:
+        return [(models[0], Path(configs[0]) if configs else None)]
+    community = [m for m in models if Path(m).suffix.lower() in COMMUNITY_SUFFIXES]
+    if len(configs) != len(community):
+        raise batch.UsageError(
+            f"{len(community)} community checkpoint(s) (.ckpt) and {len(configs)} --config: "
+            "give one --config per .ckpt, in the same order"
+        )
+    given = dict(zip(community, map(Path, configs)))
+    return [(m, given.get(m)) for m in models]
+
+
+def _partition(model: Any) -> bool:
+    return getattr(model, "partition", True)
 
 
 @dataclasses.dataclass
@@ -313,4 +365,4 @@ def _fit(part: np.ndarray, length: int) -> np.ndarray:
     return np.pad(part, ((0, 0), (0, length - part.shape[-1])))
 
 
-__all__ = ["Plan", "Separator", "load", "plan", "run", "separate_files"]
+__all__ = ["Plan", "Separator", "load", "load_ensemble", "plan", "run", "separate_files"]

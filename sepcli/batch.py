@@ -37,6 +37,7 @@ from sepcli.audio import (
     read_blocks,
 )
 from sepcli.engine import Demixer, EngineError, OutOfMemory
+from sepcli.ensemble import Ensemble
 from sepcli.files import remove_stale_temps
 from sepcli.messages import one_line, shown
 
@@ -345,21 +346,26 @@ def output_stems(
 
 
 def stem_audio(
-    stem: str, sources: tuple[str, ...], estimate: np.ndarray, mix: np.ndarray
+    stem: str,
+    sources: tuple[str, ...],
+    estimate: np.ndarray,
+    mix: np.ndarray,
+    partition: bool = True,
 ) -> np.ndarray:
     """One output stem from the estimates [S, C, n]; residuals are the other estimates summed,
-    or the mixture minus the estimate for one-source models."""
+    or the mixture minus the estimate for one-source models and for ensembles whose members'
+    stems do not split the mixture the same way (`partition` False)."""
     if not stem.startswith("no_") or stem in sources:
         return estimate[sources.index(stem)]
     index = sources.index(stem[3:])
-    if len(sources) == 1:
+    if len(sources) == 1 or not partition:
         return mix - estimate[index]
     return estimate.sum(axis=0) - estimate[index]
 
 
 def separate_track(
     track: Track,
-    demixer: Demixer,
+    demixer: Demixer | Ensemble,
     options: SeparationOptions,
     on_audio: Callable[[float], None] | None = None,
     on_info: Callable[[AudioInfo], None] | None = None,
@@ -411,7 +417,8 @@ def separate_track(
             )
         for estimate in demixer.stream(model_rate_blocks()):
             mix = _take(pending_mix, estimate.shape[-1])
-            parts = [stem_audio(s, model.sources, estimate, mix) for s in stems]
+            partition = getattr(model, "partition", True)  # False for some ensembles
+            parts = [stem_audio(s, model.sources, estimate, mix, partition) for s in stems]
             _write(writers, stems, from_model(np.concatenate(parts)), out_channels)
         _write(
             writers,
@@ -479,7 +486,7 @@ def _write(
 
 def run_batch(
     tracks: list[Track],
-    demixer: Demixer,
+    demixer: Demixer | Ensemble,
     options: SeparationOptions,
     reporter: "Reporter",
     raise_unexpected: bool = False,
@@ -494,7 +501,7 @@ def run_batch(
 
 def iter_batch(
     tracks: list[Track],
-    demixer: Demixer,
+    demixer: Demixer | Ensemble,
     options: SeparationOptions,
     reporter: "Reporter",
     raise_unexpected: bool = False,
@@ -543,8 +550,8 @@ def track_error(err: Exception) -> str:
 
 
 def _separate_with_fallback(
-    track: Track, demixer: Demixer, options: SeparationOptions, reporter: "Reporter"
-) -> tuple[Demixer, AudioInfo]:
+    track: Track, demixer: Demixer | Ensemble, options: SeparationOptions, reporter: "Reporter"
+) -> tuple[Demixer | Ensemble, AudioInfo]:
     """Separate one track; out of memory at batch size 1, start again with half the segment."""
     while True:
         try:
@@ -563,7 +570,7 @@ def _separate_with_fallback(
 
 
 def _finished(
-    track: Track, demixer: Demixer, options: SeparationOptions, reporter: "Reporter"
+    track: Track, demixer: Demixer | Ensemble, options: SeparationOptions, reporter: "Reporter"
 ) -> bool:
     """Whether every output of `track` is whole: readable audio of the length, rate and channels
     this run would write. Outputs that exist but are not whole are named in a note and redone."""

@@ -19,7 +19,6 @@ import typer
 from rich.console import Console
 
 from sepcli import __version__
-from sepcli.allocator import keep_freed_memory
 
 app = typer.Typer(
     add_completion=False,
@@ -84,18 +83,32 @@ def _split_csv(value: Optional[str]) -> Optional[list[str]]:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
+ENSEMBLE_HELP = (
+    "Combine several -m models: avg_wave (default with several -m), median_wave, avg_fft, "
+    "max_fft (fuller stems, more bleed) or min_fft (less bleed, thinner stems)."
+)
+
+
 @app.command()
 def separate(
     inputs: list[str] = typer.Argument(
         ..., help="Audio files, folders or glob patterns.", show_default=False
     ),
-    model: str = typer.Option(
-        "default", "-m", "--model", help="Embedded model name or checkpoint path."
+    model: list[str] = typer.Option(
+        ["default"],
+        "-m",
+        "--model",
+        help="Embedded model name or checkpoint path; repeat it for an ensemble.",
     ),
-    config: Optional[Path] = typer.Option(
+    config: Optional[list[Path]] = typer.Option(
         None,
         "--config",
-        help="YAML config of a community .ckpt checkpoint (Mel- or BS-RoFormer, told apart by it).",
+        help="YAML config of a community .ckpt checkpoint (Mel- or BS-RoFormer, told apart by "
+        "it); one per .ckpt, in order.",
+    ),
+    ensemble: Optional[str] = typer.Option(None, "--ensemble", help=ENSEMBLE_HELP),
+    weights: Optional[str] = typer.Option(
+        None, "--weights", help="Comma-separated weight per model for the averages, e.g. 2,1."
     ),
     out: Path = typer.Option(Path("separated"), "-o", "--out", help="Output folder."),
     name: str = typer.Option(
@@ -204,8 +217,8 @@ def separate(
     reporter = progress.RichReporter(
         err_console, quiet=quiet or not main_rank or (as_json and not sys.stderr.isatty())
     )
-    separator = api.load(model, config, device, precision, segment, overlap, batch_size, shifts,
-                         tta, on_retry=reporter.note)  # fmt: skip
+    separator = _load_separator(model, config, ensemble, weights, device, precision, segment,
+                                overlap, batch_size, shifts, tta, reporter.note)  # fmt: skip
     planned = api.plan(inputs, separator, out, name, fmt, _split_csv(stems), two_stems, recursive,
                        overwrite, bit_depth, mp3_bitrate, clip, sample_rate, downmix)  # fmt: skip
     tracks = planned.tracks
@@ -224,6 +237,35 @@ def separate(
         _print_json({"model": separator.name, "tracks": done})
     if any(r["status"] == "failed" for r in done):
         raise typer.Exit(EXIT_FAILED)
+
+
+def _load_separator(models, configs, ensemble, weights, device, precision, segment, overlap,
+                    batch_size, shifts, tta, on_retry=None):  # fmt: skip
+    """One model, or an ensemble of several (or of one, with --ensemble)."""
+    from sepcli import api
+    from sepcli.batch import UsageError
+
+    parsed = _parse_weights(weights)
+    if ensemble is None and len(models) == 1:
+        if parsed is not None:
+            raise UsageError("--weights needs several -m models (or --ensemble)")
+        if configs and len(configs) > 1:
+            raise UsageError(f"{len(configs)} --config for one model")
+        return api.load(models[0], configs[0] if configs else None, device, precision, segment,
+                        overlap, batch_size, shifts, tta, on_retry=on_retry)  # fmt: skip
+    return api.load_ensemble(models, configs, ensemble or "avg_wave", parsed, device, precision,
+                             segment, overlap, batch_size, shifts, tta, on_retry)  # fmt: skip
+
+
+def _parse_weights(weights: Optional[str]) -> Optional[list[float]]:
+    from sepcli.batch import UsageError
+
+    if weights is None:
+        return None
+    try:
+        return [float(w) for w in weights.split(",")]
+    except ValueError:
+        raise UsageError(f"--weights {weights}: give numbers separated by commas, e.g. 2,1")
 
 
 def _without_jobs(argv: list[str]) -> list[str]:
@@ -284,28 +326,6 @@ def _print_json(doc: dict) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def _demixer(loaded, segment, overlap, batch_size, shifts, tta, device, precision, on_retry=None):
-    """The engine for a loaded model: command-line settings, else the checkpoint's defaults."""
-    from sepcli.engine import Demixer
-
-    defaults = loaded.inference
-    rate = loaded.model.sample_rate
-    demixer = Demixer(
-        loaded.model,
-        segment=int(segment * rate) if segment is not None else defaults.get("segment"),
-        overlap=overlap if overlap is not None else defaults.get("overlap", 0.25),
-        batch_size=batch_size if batch_size is not None else defaults.get("batch_size", 4),
-        shifts=shifts,
-        tta=tta if tta is not None else defaults.get("tta", False),
-        device=device,
-        precision=precision,
-        on_retry=on_retry,
-    )
-    if demixer.device.type == "cpu":
-        keep_freed_memory()
-    return demixer
-
-
 evaluate_app = typer.Typer(
     help="Score a separator on MUSDB18 with museval (BSSEval v4) and global SDR."
 )
@@ -315,11 +335,15 @@ app.add_typer(evaluate_app, name="evaluate")
 @evaluate_app.callback(invoke_without_command=True)
 def evaluate(
     ctx: typer.Context,
-    model: Optional[str] = typer.Option(
-        None, "-m", "--model", help="Model name or checkpoint path."
+    model: Optional[list[str]] = typer.Option(
+        None, "-m", "--model", help="Model name or checkpoint path; repeat it for an ensemble."
     ),
-    config: Optional[Path] = typer.Option(
-        None, "--config", help="YAML config of a community .ckpt."
+    config: Optional[list[Path]] = typer.Option(
+        None, "--config", help="YAML config of a community .ckpt (one per .ckpt, in order)."
+    ),
+    ensemble: Optional[str] = typer.Option(None, "--ensemble", help=ENSEMBLE_HELP),
+    weights: Optional[str] = typer.Option(
+        None, "--weights", help="Comma-separated weight per model for the averages."
     ),
     oracle: Optional[str] = typer.Option(
         None, "--oracle", help="Score an oracle instead: irm2, irm1, ibm or mix."
@@ -406,32 +430,15 @@ def evaluate(
                 raise UsageError(f"--oracle needs the four MUSDB stems; this data lacks {missing}")
             return oracle_estimates(oracle, {s: references[s] for s in sources})
     else:
-        from sepcli import checkpoints
-        from sepcli.audio import Resampler, adapt_channels
-
-        loaded = checkpoints.load_model(model, config)
-        label = loaded.name
-        rate = loaded.model.sample_rate
-        demixer = _demixer(loaded, segment, overlap, None, shifts, tta, device, precision)
-        # The weights' digest, not the path, keys the cache: the same path may hold new weights.
-        settings.update(checkpoint=str(model), weights=checkpoints.weights_digest(loaded.model),
-                        precision=precision, segment=demixer.segment, hop=demixer.hop,
-                        shifts=shifts, tta=demixer.tta)  # fmt: skip
+        separator = _load_separator(model, config, ensemble, weights, device, precision, segment,
+                                    overlap, None, shifts, tta)  # fmt: skip
+        label = separator.name
+        settings.update(_engine_settings(separator, model, ensemble, precision, shifts))
 
         def separate_fn(mix, references, mix_rate):
-            # At the model's rate and channels, then back to the references' for scoring.
-            audio = adapt_channels(mix.T.astype(np.float32), loaded.model.audio_channels, True)
-            if rate != mix_rate:
-                audio = Resampler(mix_rate, rate, audio.shape[0])(audio, last=True)
-            est = demixer.separate(audio)
-            if rate != mix_rate:
-                est = np.stack([Resampler(rate, mix_rate, est.shape[1])(e, last=True) for e in est])
-            est = est[..., : mix.shape[0]]
-            if est.shape[-1] < mix.shape[0]:
-                est = np.pad(est, ((0, 0), (0, 0), (0, mix.shape[0] - est.shape[-1])))
-            if mix.shape[1] != est.shape[1]:
-                est = est.mean(axis=1, keepdims=True)  # a mono reference: the channels' mean
-            return {s: e.T.astype(np.float64) for s, e in zip(loaded.model.sources, est)}
+            # The API resamples to each model's rate and back, and matches the channels.
+            stems = separator.separate(mix.T.astype(np.float32), mix_rate)
+            return {s: stems[s].T.astype(np.float64) for s in separator.sources}
 
     out = out or Path("results") / label
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -456,6 +463,27 @@ def evaluate(
     inputs = sorted({r.get("input", "") for r in records})
     err_console.print(report.summary_table({label: summary}))
     err_console.print(f"{len(records)} tracks; model input: {', '.join(inputs)}; results in {out}")
+
+
+def _engine_settings(separator, models, ensemble, precision, shifts) -> dict:
+    """What keys the evaluation cache besides the tracks: every model's weights (their digest,
+    not the path: the same path may hold new weights), engine settings, and the combination."""
+    from sepcli import checkpoints
+    from sepcli.engine import resolve_precision
+    from sepcli.ensemble import Ensemble
+
+    engine = separator.demixer
+    members = engine.members if isinstance(engine, Ensemble) else [engine]
+    per_model = [{"weights": checkpoints.weights_digest(m.model), "segment": m.segment,
+                  "hop": m.hop, "tta": m.tta,
+                  "runs_in": resolve_precision(m.device, precision, m.cpu_bf16)}
+                 for m in members]  # fmt: skip
+    settings = {"checkpoint": ",".join(models), "precision": precision, "shifts": shifts,
+                **per_model[0]}  # fmt: skip
+    if isinstance(engine, Ensemble) or ensemble is not None:
+        settings.update(ensemble=engine.algorithm, ensemble_weights=engine.weights,
+                        models=per_model)  # fmt: skip
+    return settings
 
 
 def _eval_tracks(musdb, data, is_wav, subset, split, names):

@@ -191,7 +191,10 @@ def launch_jobs(jobs: int, argv: Iterable[str]) -> int:
     workers = [subprocess.Popen(command, env={**base, "RANK": str(r), "LOCAL_RANK": str(r)})
                for r in range(jobs)]  # fmt: skip
 
+    forwarded: set[int] = set()
+
     def forward(signum, frame) -> None:
+        forwarded.add(signum)
         for worker in workers:
             if worker.poll() is None:
                 worker.send_signal(signum)
@@ -204,7 +207,9 @@ def launch_jobs(jobs: int, argv: Iterable[str]) -> int:
         for rank, worker in enumerate(workers):
             if rank not in codes and worker.poll() is not None:
                 codes[rank] = worker.returncode
-                if worker.returncode < 0 and died is None:  # killed by a signal we did not send
+                # Killed by a signal we did not pass on: a crash or an outside kill. (A worker
+                # signalled as it exits can die by the default handler Python restores then.)
+                if worker.returncode < 0 and -worker.returncode not in forwarded and died is None:
                     died = rank
                     forward(signal.SIGTERM, None)
         time.sleep(0.1)
@@ -215,4 +220,6 @@ def launch_jobs(jobs: int, argv: Iterable[str]) -> int:
         sys.stderr.write(f"sepcli: error: worker {died} died (signal {-codes[died]}); "
                          f"in flight: {', '.join(names) or 'none'}; rerun to finish them\n")  # fmt: skip
         return 1
+    if forwarded & {signal.SIGINT, signal.SIGTERM, signal.SIGHUP} and codes[0] < 0:
+        return 130  # interrupted, like a single process
     return codes[0]

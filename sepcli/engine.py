@@ -197,35 +197,14 @@ class Demixer:
 
     def stream(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Separate blocks [C, n] of one track as they arrive; yield [S, C, m] blocks in order."""
-        pad = self.pad
-        held: list[np.ndarray] = []
-        held_len = 0
-        blocks = iter(blocks)
-        # Prime: the left reflection needs pad + 1 real samples (or the whole track if shorter).
+        track = self.open()
         for block in blocks:
-            held.append(np.asarray(block, dtype=np.float32))
-            held_len += block.shape[-1]
-            if held_len > pad:
-                break
-        if held_len == 0:
-            return
-        head = np.concatenate(held, axis=-1)
-        state = _OverlapAdd(self, head.shape[0])
-        if head.shape[-1] <= pad:  # the whole track is shorter than the padding
-            state.push(_reflect_pad(head, pad, pad))
-            yield from state.finish(real_length=head.shape[-1])
-            return
-        state.push(_reflect_pad(head, pad, 0))
-        real_length = head.shape[-1]
-        yield from state.drain()
-        for block in blocks:
-            block = np.asarray(block, dtype=np.float32)
-            real_length += block.shape[-1]
-            state.push(block)
-            yield from state.drain()
-        tail = state.buffer[:, -(pad + 1) :]
-        state.push(_reflect_pad(tail, 0, pad)[:, pad + 1 :])
-        yield from state.finish(real_length=real_length)
+            yield from track.feed(block)
+        yield from track.close()
+
+    def open(self) -> "TrackStream":
+        """The push form of `stream`, for callers that feed several engines the same blocks."""
+        return TrackStream(self)
 
     def forward(self, chunks: np.ndarray) -> Iterator[torch.Tensor]:
         """Run the model on chunks [N, C, L]; yield float32 [n, S, C, L] on the device, batch by
@@ -294,6 +273,51 @@ def empty_cache(device: torch.device) -> None:
         torch.cuda.empty_cache()
     elif device.type == "mps" and hasattr(torch, "mps"):
         torch.mps.empty_cache()
+
+
+class TrackStream:
+    """One track through a demixer, block by block: `feed` takes [C, n] blocks at the model's
+    rate and returns the [S, C, m] output they finish; `close` returns the rest. In all, the
+    output is exactly as long as the input."""
+
+    def __init__(self, demixer: Demixer) -> None:
+        self.demixer = demixer
+        self.held: list[np.ndarray] = []  # input before the left reflection can be made
+        self.held_len = 0
+        self.state: _OverlapAdd | None = None
+        self.real_length = 0
+
+    def feed(self, block: np.ndarray) -> list[np.ndarray]:
+        block = np.asarray(block, dtype=np.float32)
+        pad = self.demixer.pad
+        if self.state is None:
+            # Prime: the left reflection needs pad + 1 real samples.
+            self.held.append(block)
+            self.held_len += block.shape[-1]
+            if self.held_len <= pad:
+                return []
+            head = np.concatenate(self.held, axis=-1)
+            self.held = []
+            self.state = _OverlapAdd(self.demixer, head.shape[0])
+            self.state.push(_reflect_pad(head, pad, 0))
+            self.real_length = head.shape[-1]
+            return list(self.state.drain())
+        self.real_length += block.shape[-1]
+        self.state.push(block)
+        return list(self.state.drain())
+
+    def close(self) -> list[np.ndarray]:
+        pad = self.demixer.pad
+        if self.state is None:  # the whole track is no longer than the padding
+            if self.held_len == 0:
+                return []
+            head = np.concatenate(self.held, axis=-1)
+            state = _OverlapAdd(self.demixer, head.shape[0])
+            state.push(_reflect_pad(head, pad, pad))
+            return list(state.finish(real_length=head.shape[-1]))
+        tail = self.state.buffer[:, -(pad + 1) :]
+        self.state.push(_reflect_pad(tail, 0, pad)[:, pad + 1 :])
+        return list(self.state.finish(real_length=self.real_length))
 
 
 def _reflect_pad(x: np.ndarray, left: int, right: int) -> np.ndarray:
