@@ -616,6 +616,30 @@ class RoFormer(Separator):
     def separate_spectrum(self, mix: Tensor) -> Tensor:
         """mix: [B, C, L] -> the masked mixture STFT of every stem, complex [B, S, C, F, T]."""
         cfg = self.config
+        batch, channels, _ = mix.shape
+        real_dtype = torch.float64 if mix.dtype == torch.float64 else torch.float32
+        x, spec_t = self.encode(mix)
+        freqs, frames = spec_t.shape[-1] // channels, spec_t.shape[1]
+        if self.bands_per_row is None:
+            scaled = spec_t.clone() if cfg.zero_dc else spec_t
+        else:
+            # Overlapping bands' complex masks are averaged per STFT row: summed here, with the
+            # division moved onto the mixture (one row count per row, not one per stem).
+            scaled = spec_t / self.bands_per_row.clamp(min=1e-8)
+        if cfg.zero_dc:
+            scaled[..., :channels] = 0  # rows 0..c-1 are bin 0
+        stems = []
+        for estimator in self.mask_estimators:
+            summed = estimator(x).to(real_dtype)
+            stem = torch.view_as_complex(summed.unflatten(-1, (-1, 2))) * scaled  # (b, t, f*c)
+            stems.append(stem.view(batch, frames, freqs, channels).permute(0, 3, 2, 1))
+        return torch.stack(stems, dim=1)  # (b, s, c, f, t)
+
+    def encode(self, mix: Tensor) -> tuple[Tensor, Tensor]:
+        """The trunk: mix [B, C, L] -> band features [B, T, K, D] (one per STFT frame and band,
+        what the mask estimators read; the melody head reads them too) and the time-major
+        complex mixture spectrum [B, T, F*C]."""
+        cfg = self.config
         batch, channels, length = mix.shape
         real_dtype = torch.float64 if mix.dtype == torch.float64 else torch.float32
         spec = self._stft(mix.reshape(batch * channels, length).to(real_dtype))  # (b*c, f, t)
@@ -651,20 +675,7 @@ class RoFormer(Separator):
 
         if self.final_norm is not None:
             x = self.final_norm(x)
-        if self.bands_per_row is None:
-            scaled = spec_t.clone() if cfg.zero_dc else spec_t
-        else:
-            # Overlapping bands' complex masks are averaged per STFT row: summed here, with the
-            # division moved onto the mixture (one row count per row, not one per stem).
-            scaled = spec_t / self.bands_per_row.clamp(min=1e-8)
-        if cfg.zero_dc:
-            scaled[..., :channels] = 0  # rows 0..c-1 are bin 0
-        stems = []
-        for estimator in self.mask_estimators:
-            summed = estimator(x).to(real_dtype)
-            stem = torch.view_as_complex(summed.unflatten(-1, (-1, 2))) * scaled  # (b, t, f*c)
-            stems.append(stem.view(batch, frames, freqs, channels).permute(0, 3, 2, 1))
-        return torch.stack(stems, dim=1)  # (b, s, c, f, t)
+        return x, spec_t
 
     def loss(self, mix: Tensor, targets: Tensor) -> Tensor:
         """L1 on the waveform + multi-resolution STFT L1, as the community training code does."""

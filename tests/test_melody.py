@@ -1,0 +1,146 @@
+"""Melody transcription's parts: the model and its head, labels, notes, files and scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from eval.melody import average, melody_scores
+from models.melody import MelodyConfig, MelodyTranscriber
+from sepcli import checkpoints, melody
+from tests.conftest import TINY_MEL_ROFORMER
+
+TRUNK = {k: v for k, v in TINY_MEL_ROFORMER.items() if k not in ("num_stems", "sources")}
+
+
+def tiny() -> MelodyTranscriber:
+    torch.manual_seed(0)
+    return MelodyTranscriber(MelodyConfig.from_dict(TRUNK))
+
+
+def test_the_head_gives_one_row_per_stft_frame_and_the_grid_is_20_cents():
+    model = tiny()
+    assert model.config.bins == 241  # C2..C6 in 20-cent steps
+    assert torch.allclose(model.pitch_grid[1] - model.pitch_grid[0], torch.tensor(0.2))
+    for length in (44100, 30000, 513):
+        out = model(torch.randn(2, 2, length))
+        assert out.shape == (2, model.frames(length), 242)
+
+
+def test_the_trunk_loads_exactly_from_a_separation_checkpoint():
+    torch.manual_seed(3)
+    separator = checkpoints.build_model("mel-roformer", TINY_MEL_ROFORMER)
+    model = tiny()
+    missing = model.load_trunk(separator.state_dict())
+    assert missing == []
+    model.eval(), separator.eval()  # no dropout
+    mix = torch.randn(1, 2, 22050)
+    with torch.no_grad():
+        assert torch.equal(model.trunk.encode(mix)[0], separator.encode(mix)[0])
+    bigger = checkpoints.build_model("mel-roformer", {**TINY_MEL_ROFORMER, "num_bands": 12})
+    with pytest.raises(Exception):
+        model.load_trunk(bigger.state_dict())
+
+
+def test_targets_are_blurred_25_cents_and_decode_inverts_them_finer_than_the_grid():
+    model = tiny()
+    midi = torch.tensor([60.3, 45.0, 71.55, 0.0])
+    targets = model.targets(midi)
+    assert torch.allclose(targets[:3].sum(-1), torch.ones(3)) and targets[3].sum() == 0
+    spread = (targets[1] * (model.pitch_grid - 45.0) ** 2).sum().sqrt()
+    assert abs(spread.item() - 0.25) < 0.01  # standard deviation 25 cents
+    logits = torch.cat([torch.log(targets[:3] + 1e-12), torch.full((3, 1), 3.0)], -1)
+    pitch, voicing = model.decode(logits)
+    assert torch.allclose(pitch, midi[:3], atol=0.02)  # 2 cents, from a 20-cent grid
+    assert torch.allclose(voicing, torch.sigmoid(torch.tensor(3.0)).expand(3))
+
+
+def test_the_loss_is_lowest_for_the_right_pitch_and_voicing():
+    model = tiny()
+    midi = torch.tensor([[0.0, 60.0, 60.0, 62.0]])
+    right = torch.cat([10 * model.targets(midi), torch.tensor([[[-9.0], [9.0], [9.0], [9.0]]])], -1)
+    wrong_pitch = torch.cat([10 * model.targets(midi + 5), right[..., -1:]], -1)
+    wrong_voice = torch.cat([right[..., :-1], -right[..., -1:]], -1)
+    best = model.loss(right, midi)
+    assert best < model.loss(wrong_pitch, midi) and best < model.loss(wrong_voice, midi)
+    masked = model.loss(wrong_voice, midi, mask=torch.tensor([[False, False, False, False]]) | (
+        torch.arange(4) == 0))  # fmt: skip
+    assert masked > 0  # only the masked-in frame counts: its voicing is wrong
+
+
+def test_a_few_steps_learn_the_pitch_of_a_sung_tone():
+    """The head and trunk train end to end: a 220 Hz tone over noise is learnt in 40 steps."""
+    model = tiny()
+    rate, length = 44100, 22050
+    t = torch.arange(length) / rate
+    torch.manual_seed(1)
+    mix = (0.3 * torch.sin(2 * np.pi * 220.0 * t) + 0.01 * torch.randn(length)).expand(2, -1)[None]
+    midi = torch.full((1, model.frames(length)), 57.0)  # A3 = 220 Hz
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        loss = model.loss(model(mix), midi)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    pitch, voicing = model.decode(model(mix))
+    assert (pitch - 57.0).abs().median() < 0.25 and voicing.median() > 0.9
+
+
+def test_mir1k_labels_land_on_the_models_frames(tmp_path):
+    (tmp_path / "pitch.pv").write_text("0\n0\n60\n61\n62\n0\n0\n")
+    times, midi = melody.read_pv(tmp_path / "pitch.pv")
+    assert np.allclose(times, 0.02 + 0.02 * np.arange(7))
+    frames = np.array([0.0, 0.06, 0.07, 0.08, 0.1, 0.125, 0.15, 0.2])
+    out = melody.labels_on_frames(times, midi, frames)
+    # 0.0: before the first label's half hop -> 0; 0.07: halfway between 60 and 61 -> 60.5;
+    # 0.1: 62; 0.125: nearest of 62 | 0 is 0; 0.2: past the end -> 0.
+    assert np.allclose(out, [0, 60, 60.5, 61, 62, 0, 0, 0])
+    (tmp_path / "bad.pv").write_text("60\nnan\n")
+    with pytest.raises(ValueError, match="not a pitch label file"):
+        melody.read_pv(tmp_path / "bad.pv")
+
+
+def test_notes_follow_voicing_and_pitch_but_not_vibrato_or_one_frame_glitches():
+    hop = 0.01
+    times = np.arange(300) * hop
+    midi = np.zeros(300)
+    midi[10:100] = 60 + 0.3 * np.sin(np.arange(90) / 3)  # vibrato around C4
+    midi[50] = 67  # a one-frame glitch
+    midi[100:160] = 64  # a jump to E4 with no gap
+    midi[170:175] = 70  # too short: 50 ms
+    midi[200:260] = 62.4
+    notes = melody.notes_from_contour(times, midi, min_duration=0.1)
+    assert [(n.pitch, round(n.onset, 2), round(n.offset, 2)) for n in notes] == [
+        (60, 0.10, 1.00), (64, 1.00, 1.60), (62, 2.00, 2.60)
+    ]  # fmt: skip
+
+
+def test_melody_and_notes_files_round_trip(tmp_path):
+    notes = [melody.Note(0.5, 1.25, 60), melody.Note(1.25, 2.0, 64), melody.Note(3.0, 3.1, 72)]
+    melody.write_midi(tmp_path / "notes.mid", notes)
+    back = melody.read_midi_notes(tmp_path / "notes.mid")
+    assert [n.pitch for n in back] == [60, 64, 72]
+    assert np.allclose([(n.onset, n.offset) for n in back], [(n.onset, n.offset) for n in notes],
+                       atol=1e-3)  # fmt: skip
+    melody.write_notes_csv(tmp_path / "notes.csv", notes)
+    assert (tmp_path / "notes.csv").read_text().splitlines()[1] == "0.5000,1.2500,60"
+    times = np.array([0.0, 0.01, 0.02])
+    melody.write_melody_csv(tmp_path / "melody.csv", times, melody.midi_to_hz(np.array(
+        [0, 69, 57])), np.array([0.1, 0.9, 0.8]))  # fmt: skip
+    rows = (tmp_path / "melody.csv").read_text().splitlines()
+    assert rows == ["time,f0,confidence", "0.0000,0.000,0.1000", "0.0100,440.000,0.9000",
+                    "0.0200,220.000,0.8000"]  # fmt: skip
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_melody_scores_are_mir_evals_measures():
+    t = np.arange(0, 5, 0.02)
+    ref = np.where((t > 1) & (t < 4), 220.0, 0.0)
+    perfect = melody_scores(t, ref, t, ref)
+    assert perfect["raw_pitch_accuracy"] == 1.0 and perfect["overall_accuracy"] == 1.0
+    octave = melody_scores(t, ref, t, ref * 2)
+    assert octave["raw_pitch_accuracy"] == 0.0 and octave["raw_chroma_accuracy"] == 1.0
+    everywhere = melody_scores(t, ref, t, np.full_like(ref, 220.0))
+    assert everywhere["voicing_recall"] == 1.0 and everywhere["voicing_false_alarm"] == 1.0
+    assert average([perfect, octave])["raw_pitch_accuracy"] == 0.5
