@@ -268,6 +268,61 @@ def _parse_weights(weights: Optional[str]) -> Optional[list[float]]:
         raise UsageError(f"--weights {weights}: give numbers separated by commas, e.g. 2,1")
 
 
+@app.command()
+def transcribe(
+    inputs: list[str] = typer.Argument(
+        ..., help="Audio files, folders or glob patterns.", show_default=False
+    ),
+    model: str = typer.Option(
+        "melody", "-m", "--model", help="Melody model: the embedded 'melody' or a checkpoint."
+    ),
+    out: Path = typer.Option(Path("transcribed"), "-o", "--out", help="Output folder."),
+    recursive: bool = typer.Option(False, "-r", "--recursive", help="Recurse into folders."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Redo tracks whose outputs exist (default: skip them)."
+    ),
+    min_note: float = typer.Option(
+        0.1, "--min-note", min=0.01, max=10.0, help="Shortest note kept, in seconds."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print a JSON summary on stdout; everything else goes to stderr."
+    ),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
+) -> None:
+    """Transcribe the sung melody: transcribed/<model>/<track>/{melody.csv,notes.csv,notes.mid}.
+
+    melody.csv: time, f0 in Hz (0 when unvoiced), confidence; notes.csv and notes.mid: the notes
+    (onset, offset, MIDI pitch) segmented from the contour. Runs on the CPU."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from sepcli import transcribe as runner
+    from sepcli.messages import shown
+
+    name, melody_model, _ = runner.load_melody(model)
+    tracks, notes = runner.plan(inputs, name, out, recursive)
+    for note in notes:
+        err_console.print(f"sepcli: {note}")
+    progress = Progress(TextColumn("transcribe"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), console=err_console, transient=True,
+                        disable=quiet or not err_console.is_terminal)  # fmt: skip
+    with progress:
+        task = progress.add_task("transcribe", total=len(tracks), info="")
+
+        def on_track(result):
+            progress.update(task, advance=1, info=Path(result["input"]).name)
+            if result["status"] == "failed":
+                err_console.print(f"sepcli: failed: {shown(result['input'])}: {result['error']}")
+
+        done = list(runner.run(tracks, melody_model, overwrite, min_note, on_track, DEBUG["on"]))
+    counts = {s: sum(r["status"] == s for r in done) for s in ("done", "skipped", "failed")}
+    if not quiet:
+        err_console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; outputs in {out}")
+    if as_json:
+        _print_json({"model": name, "tracks": done})
+    if counts["failed"]:
+        raise typer.Exit(EXIT_FAILED)
+
+
 def _without_jobs(argv: list[str]) -> list[str]:
     """The command line again, for the workers, without --jobs N."""
     out, skip = [], False
@@ -402,12 +457,26 @@ def evaluate(
     ),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
+    task: str = typer.Option(
+        "separation",
+        "--task",
+        help="separation, or melody: score a melody model (-m) on stem folders with pitch.pv "
+        "labels (MIR-1K) with mir_eval's melody measures.",
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
 ) -> None:
     """Separate and score MUSDB or stem-folder tracks: museval median and global SDR (and GNSDR
-    for vocals + accompaniment folders); writes summary.json, scores.csv, museval JSON, a plot."""
+    for vocals + accompaniment folders); writes summary.json, scores.csv, museval JSON, a plot.
+    With --task melody, score vocal melody transcription instead."""
     if ctx.invoked_subcommand is not None:
         return
+    if task == "melody":
+        _evaluate_melody(model, data, tracks, out, quiet)
+        return
+    if task != "separation":
+        from sepcli.batch import UsageError
+
+        raise UsageError(f"unknown --task {task} (use separation or melody)")
     import numpy as np
 
     from eval import musdb as runner
@@ -463,6 +532,40 @@ def evaluate(
     inputs = sorted({r.get("input", "") for r in records})
     err_console.print(report.summary_table({label: summary}))
     err_console.print(f"{len(records)} tracks; model input: {', '.join(inputs)}; results in {out}")
+
+
+def _evaluate_melody(models, data, patterns, out, quiet) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from eval.melody import evaluate_melody
+    from sepcli import datasets, melody
+    from sepcli import transcribe as runner
+    from sepcli.batch import UsageError
+
+    if not models or len(models) != 1:
+        raise UsageError("--task melody scores one melody model: give -m MODEL once")
+    if data is None or not data.startswith("stems:"):
+        raise UsageError("--task melody needs --data stems:ROOT (track folders with pitch.pv)")
+    name, model, _ = runner.load_melody(models[0])
+    tracks = datasets.eval_tracks(datasets.DataSpec.parse(data).root, patterns)
+    out = out or Path("results") / f"{name}-melody"
+    progress = Progress(TextColumn("evaluate melody"), BarColumn(), MofNCompleteColumn(),
+                        console=err_console, transient=True,
+                        disable=quiet or not err_console.is_terminal)  # fmt: skip
+
+    def transcribe_fn(mix, rate):
+        times, midi, _ = runner.transcribe_audio(model, mix, rate)
+        return times, melody.midi_to_hz(midi)
+
+    with progress:
+        task = progress.add_task("melody", total=len(tracks))
+        try:
+            summary = evaluate_melody(transcribe_fn, name, tracks, out,
+                                      lambda _: progress.advance(task))  # fmt: skip
+        except ValueError as err:
+            raise UsageError(str(err))
+    err_console.print(f"{summary['tracks']} clips: " + _melody_line(summary["mean"]))
+    err_console.print(f"results in {out}")
 
 
 def _engine_settings(separator, models, ensemble, precision, shifts) -> dict:
@@ -674,10 +777,26 @@ def train(
     cache: Optional[Path] = typer.Option(
         None, "--cache", help="Folder for the decoded datasets (default OUT/cache); share it."
     ),
+    valid: Optional[list[str]] = typer.Option(
+        None,
+        "--valid",
+        help="Stem folders given with --data: track-name patterns held out for validation "
+        "(repeatable; whole singers for MIR-1K, e.g. 'abjones_*').",
+    ),
+    exclude: Optional[list[str]] = typer.Option(
+        None, "--exclude", help="Stem folders: track-name patterns never read (a test split)."
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
 ) -> None:
-    """Train a separator on MUSDB18 and stem folders (remixed; validation on held-out tracks)."""
+    """Train a separator on MUSDB18 and stem folders (remixed; validation on held-out tracks),
+    or `train melody`: fine-tune a Mel-RoFormer checkpoint (--init) to transcribe the sung
+    melody from stem folders with pitch labels (MIR-1K)."""
     from sepcli import train as training
+
+    if architecture == "melody":
+        _train_melody(data, out, init, steps, batch_size, segment, lr, valid_every, seed, resume,
+                      cache, valid, exclude, quiet)  # fmt: skip
+        return
 
     preset = training.load_preset(architecture, config)
     values = dict(preset["training"])
@@ -686,7 +805,7 @@ def train(
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["precision"] = precision
     settings = training.TrainSettings.from_dict(values)
-    specs = _data_specs(musdb, data, is_wav, preset["data"])
+    specs = _data_specs(musdb, data, is_wav, preset["data"], valid, exclude)
     summary = training.train(
         architecture, specs, out, preset["model"], settings, is_wav=is_wav, device_name=device,
         resume=resume, init=init, log=err_console.print, progress=not quiet, cache=cache,
@@ -696,13 +815,21 @@ def train(
     )
 
 
-def _data_specs(musdb: Path | None, data: list[str] | None, is_wav: bool, from_yaml: list):
+def _data_specs(musdb: Path | None, data: list[str] | None, is_wav: bool, from_yaml: list,
+                valid: list[str] | None = None, exclude: list[str] | None = None):  # fmt: skip
     """The datasets: --musdb and --data on the command line, else the YAML's `data:` list."""
+    import dataclasses
+
     from sepcli.batch import UsageError
     from sepcli.datasets import DataSpec
 
     specs = [DataSpec("musdb", musdb, is_wav=is_wav)] if musdb is not None else []
     specs += [DataSpec.parse(text, is_wav=is_wav) for text in data or []]
+    specs = [
+        dataclasses.replace(s, valid=tuple(valid or ()), exclude=tuple(exclude or ()))
+        if s.kind == "stems" else s
+        for s in specs
+    ]  # fmt: skip
     specs = specs or from_yaml
     if not specs:
         raise UsageError("no training data: give --musdb ROOT, --data KIND:ROOT, or a 'data:' list")
@@ -710,6 +837,42 @@ def _data_specs(musdb: Path | None, data: list[str] | None, is_wav: bool, from_y
     if len(set(labels)) != len(labels):
         raise UsageError(f"a dataset is named twice: {', '.join(labels)}")
     return specs
+
+
+def _train_melody(data, out, init, steps, batch_size, segment, lr, valid_every, seed, resume,
+                  cache, valid, exclude, quiet) -> None:  # fmt: skip
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from sepcli import melody_train
+    from sepcli.batch import UsageError
+
+    if not data or len(data) != 1 or init is None:
+        raise UsageError("train melody needs one --data stems:ROOT (with pitch.pv labels) and "
+                         "--init CHECKPOINT (a Mel-RoFormer separator, e.g. default)")  # fmt: skip
+    (spec,) = _data_specs(None, data, False, [], valid, exclude)
+    if spec.kind != "stems":
+        raise UsageError("train melody reads stem folders with pitch labels: --data stems:ROOT")
+    given = dict(steps=steps, batch_size=batch_size, segment=segment, lr=lr,
+                 valid_every=valid_every, seed=seed)  # fmt: skip
+    settings = melody_train.MelodySettings(**{k: v for k, v in given.items() if v is not None})
+    progress = Progress(TextColumn("train melody"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), console=err_console,
+                        disable=quiet or not err_console.is_terminal)  # fmt: skip
+    with progress:
+        task = progress.add_task("train", total=settings.steps, info="")
+
+        def on_step(step, record):
+            progress.update(task, completed=step, info=f"loss {record['loss']:.3f}")
+            if "valid" in record:
+                err_console.print(f"step {step}: " + _melody_line(record["valid"]))
+
+        record = melody_train.train_melody(spec, str(init), out, settings,
+                                           cache or out / "cache", resume, on_step)  # fmt: skip
+    err_console.print(f"trained {record.get('step', 0)} steps; {out}")
+
+
+def _melody_line(scores: dict) -> str:
+    return ", ".join(f"{k.replace('_', ' ')} {100 * v:.1f}%" for k, v in scores.items())
 
 
 @app.command()

@@ -1,0 +1,173 @@
+"""Melody transcription: melody checkpoints, chunked inference over whole tracks, and the batch
+runner behind `sepcli transcribe` (the same guarantees as `separate`: resume, atomic writes,
+per-file failures, JSON)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import sepcli
+from models.melody import MelodyConfig, MelodyTranscriber
+from sepcli import batch, melody
+from sepcli.audio import Resampler, adapt_channels, load
+from sepcli.checkpoints import CheckpointError
+from sepcli.files import atomic_write, not_a_regular_file
+
+ARCHITECTURE = "melody"
+OUTPUTS = {"melody": "melody.csv", "notes": "notes.csv", "midi": "notes.mid"}
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_MELODY = "melody"
+
+
+def save_melody(path: Path, model: MelodyTranscriber, provenance: dict[str, Any]) -> None:
+    """A native melody checkpoint: safetensors (float16 weights) + JSON metadata."""
+    meta = {"architecture": ARCHITECTURE, "config": model.config.to_dict(),
+            "provenance": {"sepcli_version": sepcli.__version__, **provenance}}  # fmt: skip
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.half() if v.dtype == torch.float32 else v for k, v in tensors.items()}
+    with atomic_write(Path(path)) as tmp:
+        save_file(tensors, tmp, metadata={"sepcli": json.dumps(meta)})
+
+
+def load_melody(spec: str) -> tuple[str, MelodyTranscriber, dict[str, Any]]:
+    """(name, model in eval mode, metadata) from a path or the embedded `melody`."""
+    path = Path(spec).expanduser()
+    if not path.exists() and (WEIGHTS_DIR / f"{spec}.safetensors").exists():
+        path = WEIGHTS_DIR / f"{spec}.safetensors"
+    problem = not_a_regular_file(path)
+    if problem:
+        raise CheckpointError(f"melody model {spec}: {problem}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("sepcli", "{}"))
+            if meta.get("architecture") != ARCHITECTURE:
+                raise CheckpointError(
+                    f"{spec} is not a melody model (architecture {meta.get('architecture')!r}); "
+                    "train one with 'sepcli train melody'"
+                )
+            state = {k: f.get_tensor(k).float() for k in f.keys()}
+    except (OSError, ValueError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{spec}: not a readable checkpoint ({err})")
+    model = MelodyTranscriber(MelodyConfig.from_dict(meta["config"]))
+    model.load_state_dict(state, strict=True)
+    return path.stem, model.eval(), meta
+
+
+@torch.inference_mode()
+def frame_logits(model: MelodyTranscriber, audio: np.ndarray, chunk_seconds: float = 6.0,
+                 batch_size: int = 4) -> np.ndarray:  # fmt: skip
+    """Logits [frames, bins + 1] of a whole track [C, T] at the model's rate: chunks of
+    `chunk_seconds` overlapping by half, averaged with a tapered window, so a track of any
+    length runs in bounded memory."""
+    hop = model.hop
+    length = audio.shape[-1]
+    frames = model.frames(length)
+    chunk = max(hop * 8, int(chunk_seconds * model.sample_rate) // (2 * hop) * 2 * hop)
+    x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+    if length <= chunk:
+        return model(x[None])[0].float().numpy()
+    step = chunk // 2
+    starts = list(range(0, length - step, step))
+    per_chunk = model.frames(chunk)
+    taper = torch.from_numpy(np.hanning(per_chunk + 2)[1:-1].astype(np.float32))[:, None]
+    acc = torch.zeros(frames + per_chunk, model.config.bins + 1)
+    weight = torch.zeros(frames + per_chunk, 1)
+    for i in range(0, len(starts), batch_size):
+        group = starts[i : i + batch_size]
+        pieces = torch.zeros(len(group), x.shape[0], chunk)
+        for j, start in enumerate(group):
+            piece = x[:, start : start + chunk]
+            pieces[j, :, : piece.shape[-1]] = piece
+        for start, logits in zip(group, model(pieces).float()):
+            at = start // hop
+            acc[at : at + per_chunk] += logits * taper
+            weight[at : at + per_chunk] += taper
+    return (acc[:frames] / weight[:frames]).numpy()
+
+
+def transcribe_audio(
+    model: MelodyTranscriber, audio: np.ndarray, rate: int, threshold: float = 0.5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Audio [C, T] at any rate -> (frame times in s, MIDI pitch with 0 where unvoiced,
+    voicing probability)."""
+    x = adapt_channels(audio, model.audio_channels, downmix=True)
+    if rate != model.sample_rate:
+        x = Resampler(rate, model.sample_rate, x.shape[0])(x, last=True)
+    logits = torch.from_numpy(frame_logits(model, x))
+    pitch, voicing = model.decode(logits)
+    pitch, voicing = pitch.numpy().astype(np.float64), voicing.numpy().astype(np.float64)
+    times = np.arange(len(pitch)) * model.hop / model.sample_rate
+    return times, np.where(voicing >= threshold, pitch, 0.0), voicing
+
+
+def plan(inputs: list[str], model_name: str, out: Path, recursive: bool) -> tuple[list, list]:
+    """Tracks and their three outputs, `out/<model>/<relpath>/{melody.csv,notes.csv,notes.mid}`;
+    collisions and escapes refused before any work (as `separate` plans its stems)."""
+    outputs = batch.output_root(out, batch.DEFAULT_TEMPLATE, model_name)
+    tracks, notes = batch.discover(inputs, recursive, outputs)
+    batch.plan_outputs(tracks, out, batch.DEFAULT_TEMPLATE, model_name, ["melody", "notes"], "csv")
+    for track in tracks:
+        folder = track.outputs["melody"].parent
+        track.outputs = {key: folder / name for key, name in OUTPUTS.items()}
+    return tracks, notes
+
+
+def finished(track: batch.Track) -> bool:
+    """All three outputs exist and read back (a killed run never leaves a partial file, but a
+    run killed between two files leaves a track to redo)."""
+    paths = track.outputs
+    if not all(p.is_file() and p.stat().st_size > 0 for p in paths.values()):
+        return False
+    try:
+        header = paths["melody"].read_text().splitlines()[:1]
+        melody.read_midi_notes(paths["midi"])
+    except (OSError, ValueError, EOFError):
+        return False
+    return header == ["time,f0,confidence"]
+
+
+def run(
+    tracks: list[batch.Track],
+    model: MelodyTranscriber,
+    overwrite: bool,
+    min_note: float,
+    on_track: Callable[[dict], None] | None = None,
+    raise_unexpected: bool = False,
+) -> Iterator[dict]:
+    """Transcribe each track; a failing track is reported and the rest go on."""
+    for track in tracks:
+        start = time.perf_counter()
+        result = {"input": str(track.path), "outputs": {k: str(p) for k, p in track.outputs.items()},
+                  "error": None}  # fmt: skip
+        if not overwrite and finished(track):
+            result["status"] = "skipped"
+        else:
+            try:
+                audio, rate = load(track.path)
+                if audio.shape[-1] == 0:
+                    raise ValueError("no audio in the file")
+                times, midi, voicing = transcribe_audio(model, audio, rate)
+                notes = melody.notes_from_contour(times, midi, min_duration=min_note)
+                melody.write_melody_csv(track.outputs["melody"], times, melody.midi_to_hz(midi),
+                                        voicing)  # fmt: skip
+                melody.write_notes_csv(track.outputs["notes"], notes)
+                melody.write_midi(track.outputs["midi"], notes)
+                result.update(status="done", notes=len(notes),
+                              voiced=round(float((midi > 0).mean()), 3))  # fmt: skip
+            except Exception as err:  # noqa: BLE001 - one bad file fails alone
+                if raise_unexpected:
+                    raise
+                result.update(status="failed", error=batch.track_error(err))
+        result["seconds"] = round(time.perf_counter() - start, 3)
+        if on_track:
+            on_track(result)
+        yield result
