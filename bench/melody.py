@@ -2,14 +2,14 @@
 
     pip install -e ".[melody-baselines]"
     python bench/melody.py --data ../shared/data/mir-1k --tracks 'bug_*' --tracks 'stool_*' \\
-        --tracks 'khair_*' -m runs/melody/best.safetensors [--limit N]
+        --tracks 'khair_*' -m runs/melody/best.safetensors [--every N] [--crepe-model tiny]
 
 Every method sees the clip's own 0 dB mix (MIR-1K's usual condition) and is scored with
 mir_eval against `pitch.pv`:
     pyin-mix     pYIN (librosa) on the mixture;
     pyin-sep     pYIN on the vocals separated by sepcli's embedded default;
-    crepe-sep    CREPE (torchcrepe, `full`, its weights ship in its package; voiced where its
-                 periodicity is at least 0.5) on the same separated vocals;
+    crepe-sep    CREPE (torchcrepe, `full` by default, its weights ship in its package; 20 ms
+                 hop; voiced where its periodicity is at least 0.5) on the same vocals;
     sepcli       the fine-tuned Mel-RoFormer (`-m`) on the mixture.
 Means over clips with standard errors, and each baseline's paired difference to sepcli.
 """
@@ -40,7 +40,7 @@ def pyin(audio: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(len(f0)) * hop / rate, f0
 
 
-def crepe(audio: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray]:
+def crepe(audio: np.ndarray, rate: int, model: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         import torchaudio  # noqa: F401
     except (ImportError, OSError):
@@ -51,8 +51,8 @@ def crepe(audio: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray]:
     import torchcrepe
 
     x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None]
-    hop = rate // 100
-    f0, periodicity = torchcrepe.predict(x, rate, hop, FMIN, FMAX, "full", batch_size=256,
+    hop = rate // 50  # 20 ms, MIR-1K's label hop
+    f0, periodicity = torchcrepe.predict(x, rate, hop, FMIN, FMAX, model, batch_size=256,
                                          device="cpu", return_periodicity=True)  # fmt: skip
     f0, periodicity = f0[0].numpy(), periodicity[0].numpy()
     return np.arange(len(f0)) * hop / rate, np.where(periodicity >= 0.5, f0, 0.0)
@@ -63,7 +63,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--tracks", action="append", required=True)
     parser.add_argument("-m", "--model", required=True)
-    parser.add_argument("--limit", type=int, default=0, help="Only the first N clips.")
+    parser.add_argument("--every", type=int, default=1, help="Only every Nth clip (sorted).")
+    parser.add_argument("--crepe-model", default="full", help="torchcrepe's full or tiny.")
     args = parser.parse_args()
     from rich.console import Console
     from rich.table import Table
@@ -75,7 +76,7 @@ def main() -> None:
 
     tracks = [t for t in datasets.eval_tracks(args.data, args.tracks)
               if (Path(t.path) / "pitch.pv").is_file()]  # fmt: skip
-    tracks = tracks[: args.limit] if args.limit else tracks
+    tracks = tracks[:: args.every]
     separator = sepcli.load("default")
     _, model, _ = runner.load_melody(args.model)
     methods = ("pyin-mix", "pyin-sep", "crepe-sep", "sepcli")
@@ -92,7 +93,7 @@ def main() -> None:
         runs = {
             "pyin-mix": lambda: pyin(mix.mean(axis=0), rate),
             "pyin-sep": lambda: pyin(vocals, rate),
-            "crepe-sep": lambda: crepe(vocals, rate),
+            "crepe-sep": lambda: crepe(vocals, rate, args.crepe_model),
             "sepcli": lambda: _sepcli(runner, model, mix, rate, melody),
         }
         for name, run in runs.items():

@@ -126,6 +126,10 @@ def architecture_of(model: Separator) -> str:
 
 
 def check_architecture(architecture: str) -> None:
+    if architecture == "melody":
+        raise CheckpointError(
+            "this is a melody transcription model, not a separator: use 'sepcli transcribe -m'"
+        )
     if architecture not in models.ARCHITECTURES:
         known = ", ".join(models.ARCHITECTURES)
         raise CheckpointError(f"unknown architecture '{architecture}' (known: {known})")

@@ -646,17 +646,19 @@ def models_list(ctx: typer.Context) -> None:
     presets = checkpoints.list_presets()
     for name in registry.ARCHITECTURES:
         table.add_row(name, ", ".join(presets.get(name, [])))
+    table.add_row("melody", "(sepcli train melody --init A_MEL_ROFORMER)")
     out_console.print(table)
     table = Table(title="checkpoints (-m NAME)")
     for column in ("name", "architecture", "sources", "rate", "path"):
         table.add_column(column)
     for path in checkpoints.list_checkpoints():
         meta = checkpoints.read_metadata(path)
+        melody = meta["architecture"] == "melody"  # a transcriber: `sepcli transcribe -m`
         table.add_row(
             path.stem,
             meta["architecture"],
-            ",".join(meta["sources"]),
-            str(meta["sample_rate"]),
+            "f0, notes" if melody else ",".join(meta["sources"]),
+            str(meta["config"]["sample_rate"] if melody else meta["sample_rate"]),
             str(path),
         )
     out_console.print(table)
@@ -697,6 +699,8 @@ def info(
     ),
 ) -> None:
     """Print an embedded model's card, or a checkpoint's architecture, config and provenance."""
+    import numpy as np
+
     from sepcli import checkpoints
 
     if config is not None:
@@ -713,6 +717,10 @@ def info(
         typer.echo(card.read_text(), nl=False)
         return
     meta, shapes = checkpoints.read_header(path)
+    if meta.get("architecture") == "melody":
+        meta["parameters"] = int(sum(np.prod(shape) for shape in shapes.values()))
+        typer.echo(json.dumps(meta, indent=2))
+        return
     # Built on the meta device: counting parameters allocates nothing, whatever the config says.
     model = checkpoints.check_shapes_before_building(
         meta["architecture"], meta.get("config", {}), shapes, str(path)

@@ -133,3 +133,15 @@ def test_chunked_inference_matches_one_pass_away_from_the_chunk_edges(melody_che
     # Chunks see less context, so they differ a little; the decoded pitch mostly agrees.
     agree = np.mean(np.abs(whole.argmax(-1) - chunked.argmax(-1)) <= 2)
     assert agree > 0.5
+
+
+def test_a_melody_checkpoint_is_described_and_refused_as_a_separator(tmp_path, melody_checkpoint):
+    info = cli("info", melody_checkpoint)
+    assert info.returncode == 0, info.stderr
+    meta = json.loads(info.stdout)
+    _, model, _ = transcribe.load_melody(str(melody_checkpoint))
+    assert meta["architecture"] == "melody"
+    assert meta["parameters"] == sum(p.numel() for p in model.parameters())
+    sf.write(tmp_path / "a.wav", np.zeros((4410, 2)), 44100)
+    proc = cli("separate", tmp_path / "a.wav", "-m", melody_checkpoint, "-o", tmp_path / "o")
+    assert proc.returncode == 2 and "sepcli transcribe" in proc.stderr
