@@ -293,9 +293,9 @@ def test_irm2_on_real_previews_scores_far_above_the_mixture(tmp_path, capsys, mo
 @pytest.mark.skipif(not MUSDB_PREVIEWS.exists(), reason="MUSDB previews absent")
 def test_the_embedded_default_separates_real_music(tmp_path, capsys, monkeypatch):
     """Guards the shipped weights with their inference settings (3 s chunks, overlap 0.5, no
-    TTA): on 3 test previews the shipped (stage-19) weights score 2.64/4.65/2.84/1.44 dB global
-    SDR (vocals/drums/bass/other, average 2.89; at overlap 0.75 2.70/4.63/2.86/1.52, 2.93), where
-    the mixture itself scores about -5 dB. At overlap 0.75, stage 13 scored 2.71/4.43/2.75/1.51
+    TTA): on 3 test previews the shipped (stage-22, MUSDB + MIR-1K) weights score
+    2.75/4.71/2.96/1.55 dB global SDR at fp32 (vocals/drums/bass/other, average 2.99; stage 19
+    scored 2.64/4.65/2.84/1.44, average 2.89), where the mixture itself scores about -5 dB. At overlap 0.75, stage 13 scored 2.71/4.43/2.75/1.51
     (average 2.85) here and stage 12 2.90/4.76/2.97/1.63 (3.06), though both score lower on all
     25 (model card), so the bound is a floor for a working model, not a ranking: a model with a
     broken stem or an engine that misplaces chunks fails it."""
