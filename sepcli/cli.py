@@ -343,12 +343,15 @@ def _separate_shared(planned, tracks, place, reporter) -> list[dict] | None:
 
     store = distributed.connect_store(place)
     distributed.init_group(store, place)
-    queue = distributed.TrackQueue(store, len(tracks), place)
     index = {str(t.path): i for i, t in enumerate(tracks)}
     if place.rank == 0:
         store.set("count", str(len(tracks)))
         for i, track in enumerate(tracks):
             store.set(f"name/{i}", str(track.path))
+        store.set("order", json.dumps(distributed.longest_first(tracks)))
+    # Every rank claims in rank 0's order (another host may see other file sizes).
+    order = json.loads(store.get("order"))
+    queue = distributed.TrackQueue(store, len(tracks), place, order)
     reporter.planned(len(tracks))
     mine = []
     with reporter:

@@ -95,20 +95,44 @@ def connect_store(place: Place) -> dist.Store:
     return dist.PrefixStore(f"sepcli/{run}/{restart}/", store)
 
 
-class TrackQueue:
-    """The shared queue: claim the next track index, record results, read them back."""
+def longest_first(tracks: list[Track]) -> list[int]:
+    """Track indices, largest file first: the long tracks start first, so the ranks run out of
+    work together instead of one finishing a long track alone (longest processing time first)."""
 
-    def __init__(self, store: dist.Store, count: int, place: Place) -> None:
-        self.store, self.count, self.place = store, count, place
+    def size(track: Track) -> int:
+        try:
+            return track.path.stat().st_size
+        except OSError:
+            return 0
+
+    return sorted(range(len(tracks)), key=lambda i: (-size(tracks[i]), i))
+
+
+class TrackQueue:
+    """The shared queue: claim the next track, record results, read them back. Claims follow
+    `order` (track indices; rank 0 puts it in the store), results keep the track's index."""
+
+    def __init__(
+        self, store: dist.Store, count: int, place: Place, order: list[int] | None = None
+    ) -> None:
+        self.store, self.count, self.place, self.order = store, count, place, order
 
     def claims(self, tracks: list[Track]) -> Iterator[Track]:
         """This rank's tracks, claimed one at a time as it is ready for the next."""
+        order = self._order()
         while True:
-            index = int(self.store.add("next", 1)) - 1
-            if index >= self.count:
+            position = int(self.store.add("next", 1)) - 1
+            if position >= self.count:
                 return
+            index = order[position]
             self.store.set(f"claimed/{index}", f"{self.place.rank}@{self.place.host}")
             yield tracks[index]
+
+    def _order(self) -> list[int]:
+        if self.order is None:
+            stored = self.store.check(["order"])
+            self.order = json.loads(self.store.get("order")) if stored else list(range(self.count))
+        return self.order
 
     def finish(self, index: int, result: dict[str, Any]) -> None:
         self.store.set(f"result/{index}", json.dumps(result))
@@ -120,7 +144,8 @@ class TrackQueue:
     def in_flight(self) -> list[int]:
         """Claimed tracks without a result (their rank died or was stopped)."""
         claimed = min(int(self.store.add("next", 0)), self.count)
-        return [i for i in range(claimed) if not self.store.check([f"result/{i}"])]
+        order = self._order()
+        return [order[p] for p in range(claimed) if not self.store.check([f"result/{order[p]}"])]
 
 
 def init_group(store: dist.Store, place: Place) -> None:

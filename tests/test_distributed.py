@@ -139,3 +139,24 @@ def test_a_worker_that_dies_is_named_with_the_tracks_it_held(tmp_path, tiny_chec
     assert ".wav" in err.split("in flight:")[1]  # names the track it held
     separate([*args[:-1]], timeout=300)
     check_outputs(tmp_path / "out", lengths)
+
+
+def test_the_queue_hands_out_the_largest_files_first_and_results_keep_their_index(tmp_path):
+    import torch.distributed as dist
+
+    sizes = {"a.wav": 10, "b.wav": 300, "c.wav": 20, "d.wav": 300, "e.wav": 5}
+    tracks = []
+    for name, size in sizes.items():
+        (tmp_path / name).write_bytes(b"x" * size)
+        tracks.append(batch.Track(tmp_path / name, name[:-4]))
+    order = distributed.longest_first(tracks)
+    assert [tracks[i].path.name for i in order] == ["b.wav", "d.wav", "c.wav", "a.wav", "e.wav"]
+    store = dist.HashStore()
+    store.set("order", json.dumps(order))
+    ranks = [distributed.TrackQueue(store, len(tracks), distributed.Place(r, 2, r, 2))
+             for r in range(2)]  # fmt: skip
+    first, second = ranks[0].claims(tracks), ranks[1].claims(tracks)
+    got = [next(first).path.name, next(second).path.name, next(second).path.name]
+    assert got == ["b.wav", "d.wav", "c.wav"]  # claimed largest first, whoever asks
+    ranks[0].finish(1, {"index": 1})
+    assert sorted(ranks[0].in_flight()) == [2, 3]  # d and c: claimed, no result yet
