@@ -211,7 +211,7 @@ def train_melody(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
         step += 1
-        record = {"step": step, "loss": float(loss), "lr": lr_at(step - 1)}
+        record = {"step": step, "loss": float(loss.detach()), "lr": lr_at(step - 1)}
         if step % settings.valid_every == 0 or step == settings.steps:
             if valid_clips:
                 record["valid"] = validate(model, valid_clips)
