@@ -145,3 +145,18 @@ def test_a_melody_checkpoint_is_described_and_refused_as_a_separator(tmp_path, m
     sf.write(tmp_path / "a.wav", np.zeros((4410, 2)), 44100)
     proc = cli("separate", tmp_path / "a.wav", "-m", melody_checkpoint, "-o", tmp_path / "o")
     assert proc.returncode == 2 and "sepcli transcribe" in proc.stderr
+
+
+@pytest.mark.parametrize("hz", [220.0, 330.0])
+def test_the_embedded_melody_model_hears_the_pitch_of_a_sung_tone(hz):
+    """A harmonic tone with a slight vibrato: voiced, and its pitch within 30 cents."""
+    _, model, _ = transcribe.load_melody("melody")
+    rate = 44100
+    t = np.arange(3 * rate) / rate
+    tone = sum(0.2 / k * np.sin(2 * np.pi * hz * k * t) for k in range(1, 6))
+    tone = (tone * (1 + 0.01 * np.sin(2 * np.pi * 5 * t))).astype(np.float32)
+    times, midi, _ = transcribe.transcribe_audio(model, np.stack([tone, tone]), rate)
+    assert len(times) == model.frames(len(t))
+    voiced = midi > 0
+    assert voiced.mean() > 0.8
+    assert abs(np.median(midi[voiced]) - (69 + 12 * np.log2(hz / 440))) < 0.3
