@@ -36,7 +36,7 @@ from sepcli.audio import (
     probe,
     read_blocks,
 )
-from sepcli.engine import Demixer, EngineError, OutOfMemory
+from sepcli.engine import Demixer, EngineError, OutOfMemory, take_samples
 from sepcli.ensemble import Ensemble
 from sepcli.files import remove_stale_temps
 from sepcli.messages import one_line, shown
@@ -416,7 +416,7 @@ def separate_track(
                 options.mp3_bitrate,
             )
         for estimate in demixer.stream(model_rate_blocks()):
-            mix = _take(pending_mix, estimate.shape[-1])
+            mix = take_samples(pending_mix, estimate.shape[-1])
             partition = getattr(model, "partition", True)  # False for some ensembles
             parts = [stem_audio(s, model.sources, estimate, mix, partition) for s in stems]
             _write(writers, stems, from_model(np.concatenate(parts)), out_channels)
@@ -455,21 +455,6 @@ def _remove_empty(folders: list[Path]) -> None:
             folder.rmdir()
         except OSError:
             pass  # not empty: it holds stems finished before the failure, or other files
-
-
-def _take(queue: list[np.ndarray], count: int) -> np.ndarray:
-    """Pop the first `count` samples from a queue of [C, n] blocks."""
-    parts, need = [], count
-    while need > 0 and queue:
-        head = queue[0]
-        if head.shape[-1] <= need:
-            parts.append(queue.pop(0))
-            need -= head.shape[-1]
-        else:
-            parts.append(head[:, :need])
-            queue[0] = head[:, need:]
-            need = 0
-    return np.concatenate(parts, axis=-1)
 
 
 def _write(

@@ -224,19 +224,28 @@ def save_checkpoint(
     `half` stores float32 tensors as float16, half the file; loading casts them back to the
     model's float32, so only the weights' rounding differs.
     """
-    path = Path(path)
     meta = {
         "architecture": architecture_of(model),
         "config": model.config.to_dict(),
         "sources": list(model.sources),
         "sample_rate": model.sample_rate,
         "inference": inference or {},
-        "provenance": {"sepcli_version": sepcli.__version__, **(provenance or {})},
+        "provenance": provenance or {},
     }
-    tensors = {k: v.detach().cpu().contiguous() for k, v in (state or model.state_dict()).items()}
+    write_native(path, meta, state or model.state_dict(), half)
+
+
+def write_native(
+    path: Path, meta: dict[str, Any], state: dict[str, torch.Tensor], half: bool = False
+) -> None:
+    """The native format: safetensors with the JSON `meta` (sepcli's version added to its
+    provenance), written atomically; `half` stores float32 tensors as float16."""
+    meta = {**meta, "provenance": {"sepcli_version": sepcli.__version__,
+                                   **meta.get("provenance", {})}}  # fmt: skip
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     if half:
         tensors = {k: v.half() if v.dtype == torch.float32 else v for k, v in tensors.items()}
-    with atomic_write(path) as tmp:
+    with atomic_write(Path(path)) as tmp:
         save_file(tensors, tmp, metadata={"sepcli": json.dumps(meta)})
 
 
@@ -328,13 +337,17 @@ def load_native(path: Path, name: str | None = None) -> LoadedModel:
     architecture = meta["architecture"]
     check_shapes_before_building(architecture, meta.get("config", {}), shapes, str(path))
     model = build_model(architecture, meta.get("config", {}))
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(err)})")
-    load_state_strict(model, state, str(path))
+    load_state_strict(model, read_native_state(path), str(path))
     model.eval()
     return LoadedModel(model, name or path.stem, architecture, meta, meta.get("inference", {}))
+
+
+def read_native_state(path: Path) -> dict[str, torch.Tensor]:
+    """A native checkpoint's tensors (read its header first with `read_header`)."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(err)})")
 
 
 def read_community_state(path: Path) -> dict[str, torch.Tensor]:

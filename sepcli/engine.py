@@ -320,6 +320,21 @@ class TrackStream:
         return list(self.state.finish(real_length=self.real_length))
 
 
+def take_samples(queue: list[np.ndarray], count: int) -> np.ndarray:
+    """Pop the first `count` samples (last axis) from a queue of blocks [..., n]."""
+    parts, need = [], count
+    while need > 0 and queue:
+        head = queue[0]
+        if head.shape[-1] <= need:
+            parts.append(queue.pop(0))
+            need -= head.shape[-1]
+        else:
+            parts.append(head[..., :need])
+            queue[0] = head[..., need:]
+            need = 0
+    return np.concatenate(parts, axis=-1)
+
+
 def _reflect_pad(x: np.ndarray, left: int, right: int) -> np.ndarray:
     """Reflect-pad the last axis; numpy reflects repeatedly when the pad exceeds the length."""
     if x.shape[-1] == 1:

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from sepcli.audio import Resampler, adapt_channels
-from sepcli.engine import Demixer, EngineError, TrackStream
+from sepcli.engine import Demixer, EngineError, TrackStream, take_samples
 
 ALGORITHMS = ("avg_wave", "median_wave", "avg_fft", "max_fft", "min_fft")
 SPECTRAL = ("avg_fft", "max_fft", "min_fft")
@@ -266,21 +266,11 @@ class _MemberFeed:
 
     def take(self, count: int) -> np.ndarray:
         """The first `count` queued samples [S, C, count]."""
-        parts, need = [], count
-        while need > 0:
-            head = self.queue[0]
-            if head.shape[-1] <= need:
-                parts.append(self.queue.pop(0))
-                need -= head.shape[-1]
-            else:
-                parts.append(head[..., :need])
-                self.queue[0] = head[..., need:]
-                need = 0
         self.ready -= count
         self.taken += count
-        if not parts:
+        if count == 0:
             return np.zeros((self.stems, self.channels, 0), np.float32)
-        return np.concatenate(parts, axis=-1)
+        return take_samples(self.queue, count)
 
     def _queue(self, blocks: list[np.ndarray], last: bool = False) -> None:
         flat = [b.reshape(-1, b.shape[-1]) for b in blocks]

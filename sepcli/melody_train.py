@@ -23,6 +23,7 @@ import torch
 from eval.melody import average, melody_scores
 from models.melody import MelodyConfig, MelodyTranscriber
 from sepcli import checkpoints, datasets, melody
+from sepcli.audio import adapt_channels
 from sepcli.files import atomic_write
 from sepcli.transcribe import save_melody, transcribe_audio
 
@@ -103,9 +104,9 @@ class Examples:
 
 
 def _piece(audio: np.ndarray, start: int, length: int, channels: int) -> np.ndarray:
+    """`length` samples from `start` (zero-padded past the end) with the model's channels."""
     x = np.asarray(audio[:, start : start + length], dtype=np.float32)
-    if x.shape[0] != channels:
-        x = np.repeat(x.mean(axis=0, keepdims=True), channels, axis=0)
+    x = adapt_channels(x, channels, downmix=True)
     if x.shape[-1] < length:
         x = np.pad(x, ((0, 0), (0, length - x.shape[-1])))
     return x

@@ -4,7 +4,6 @@ per-file failures, JSON)."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,15 +11,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
-
-import sepcli
 from models.melody import MelodyConfig, MelodyTranscriber
-from sepcli import batch, melody
+from sepcli import batch, checkpoints, melody
 from sepcli.audio import Resampler, adapt_channels, load
 from sepcli.checkpoints import CheckpointError
-from sepcli.files import atomic_write, not_a_regular_file
 
 ARCHITECTURE = "melody"
 OUTPUTS = {"melody": "melody.csv", "notes": "notes.csv", "midi": "notes.mid"}
@@ -29,13 +23,10 @@ DEFAULT_MELODY = "melody"
 
 
 def save_melody(path: Path, model: MelodyTranscriber, provenance: dict[str, Any]) -> None:
-    """A native melody checkpoint: safetensors (float16 weights) + JSON metadata."""
+    """A native melody checkpoint (float16 weights), as separators are saved."""
     meta = {"architecture": ARCHITECTURE, "config": model.config.to_dict(),
-            "provenance": {"sepcli_version": sepcli.__version__, **provenance}}  # fmt: skip
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tensors = {k: v.half() if v.dtype == torch.float32 else v for k, v in tensors.items()}
-    with atomic_write(Path(path)) as tmp:
-        save_file(tensors, tmp, metadata={"sepcli": json.dumps(meta)})
+            "provenance": provenance}  # fmt: skip
+    checkpoints.write_native(path, meta, model.state_dict(), half=True)
 
 
 def load_melody(spec: str) -> tuple[str, MelodyTranscriber, dict[str, Any]]:
@@ -43,22 +34,17 @@ def load_melody(spec: str) -> tuple[str, MelodyTranscriber, dict[str, Any]]:
     path = Path(spec).expanduser()
     if not path.exists() and (WEIGHTS_DIR / f"{spec}.safetensors").exists():
         path = WEIGHTS_DIR / f"{spec}.safetensors"
-    problem = not_a_regular_file(path)
-    if problem:
-        raise CheckpointError(f"melody model {spec}: {problem}")
+    meta, _ = checkpoints.read_header(path)
+    if meta["architecture"] != ARCHITECTURE:
+        raise CheckpointError(
+            f"{spec} is not a melody model (architecture {meta['architecture']!r}); "
+            "train one with 'sepcli train melody'"
+        )
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads((f.metadata() or {}).get("sepcli", "{}"))
-            if meta.get("architecture") != ARCHITECTURE:
-                raise CheckpointError(
-                    f"{spec} is not a melody model (architecture {meta.get('architecture')!r}); "
-                    "train one with 'sepcli train melody'"
-                )
-            state = {k: f.get_tensor(k).float() for k in f.keys()}
-    except (OSError, ValueError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{spec}: not a readable checkpoint ({err})")
-    model = MelodyTranscriber(MelodyConfig.from_dict(meta["config"]))
-    model.load_state_dict(state, strict=True)
+        model = MelodyTranscriber(MelodyConfig.from_dict(meta.get("config", {})))
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{spec}: bad melody config: {err}")
+    checkpoints.load_state_strict(model, checkpoints.read_native_state(path), str(path))
     return path.stem, model.eval(), meta
 
 

@@ -98,17 +98,23 @@ def _workers(launcher: subprocess.Popen) -> list[psutil.Process]:
     return [p for p in psutil.Process(launcher.pid).children() if "sepcli" in " ".join(p.cmdline())]
 
 
-def test_sigint_stops_every_worker_with_no_partial_files_and_a_rerun_resumes(tmp_path,
-                                                                            tiny_checkpoint):  # fmt: skip
-    # Enough work that the signal lands mid-run even on a fast machine.
-    lengths = library(tmp_path / "in", seconds=(6.0,) * 16)
-    args = [tmp_path / "in", "-r", "-m", tiny_checkpoint, "-o", tmp_path / "out", "--jobs", "2",
+def start_two_jobs(tmp_path: Path, checkpoint: Path) -> tuple[list, subprocess.Popen]:
+    """`--jobs 2` on tmp_path/in, in the background, once its first track is written."""
+    args = [tmp_path / "in", "-r", "-m", checkpoint, "-o", tmp_path / "out", "--jobs", "2",
             "--segment", "0.5", "-q"]  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "sepcli", "separate", *map(str, args)],
                             stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
     deadline = time.time() + 120
     while time.time() < deadline and not list((tmp_path / "out").rglob("vocals.wav")):
         time.sleep(0.05)
+    return args, proc
+
+
+def test_sigint_stops_every_worker_with_no_partial_files_and_a_rerun_resumes(tmp_path,
+                                                                            tiny_checkpoint):  # fmt: skip
+    # Enough work that the signal lands mid-run even on a fast machine.
+    lengths = library(tmp_path / "in", seconds=(6.0,) * 16)
+    args, proc = start_two_jobs(tmp_path, tiny_checkpoint)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -124,13 +130,7 @@ def test_sigint_stops_every_worker_with_no_partial_files_and_a_rerun_resumes(tmp
 
 def test_a_worker_that_dies_is_named_with_the_tracks_it_held(tmp_path, tiny_checkpoint):
     lengths = library(tmp_path / "in", seconds=(6.0,) * 4)
-    args = [tmp_path / "in", "-r", "-m", tiny_checkpoint, "-o", tmp_path / "out", "--jobs", "2",
-            "--segment", "0.5", "-q"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "sepcli", "separate", *map(str, args)],
-                            stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((tmp_path / "out").rglob("vocals.wav")):
-        time.sleep(0.05)
+    args, proc = start_two_jobs(tmp_path, tiny_checkpoint)
     workers = _workers(proc)
     assert len(workers) == 2
     workers[1].kill()
