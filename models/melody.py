@@ -39,6 +39,9 @@ class MelodyConfig(MelRoFormerConfig):
     head_channels: int = 16
     blur_cents: float = 25.0
     voicing_weight: float = 1.0
+    # A frame is voiced where the voicing probability reaches this; `sepcli train melody` sets
+    # it to the value that gives the best overall accuracy on the validation singers.
+    voicing_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -48,6 +51,8 @@ class MelodyConfig(MelRoFormerConfig):
             raise ValueError("config keys 'bins_per_semitone' and 'head_channels' are out of range")
         if not 0 < self.blur_cents <= 1200:
             raise ValueError("config key 'blur_cents' must be in (0, 1200]")
+        if not 0 < self.voicing_threshold < 1:
+            raise ValueError("config key 'voicing_threshold' must lie between 0 and 1")
 
     @property
     def bins(self) -> int:

@@ -284,6 +284,14 @@ def transcribe(
     min_note: float = typer.Option(
         0.1, "--min-note", min=0.01, max=10.0, help="Shortest note kept, in seconds."
     ),
+    voicing_threshold: Optional[float] = typer.Option(
+        None,
+        "--voicing-threshold",
+        min=0.01,
+        max=0.99,
+        help="Voicing probability from which a frame counts as sung: lower finds more melody "
+        "and more false notes (default: the model's, chosen on its validation singers).",
+    ),  # fmt: skip
     as_json: bool = typer.Option(
         False, "--json", help="Print a JSON summary on stdout; everything else goes to stderr."
     ),
@@ -313,7 +321,8 @@ def transcribe(
             if result["status"] == "failed":
                 err_console.print(f"sepcli: failed: {shown(result['input'])}: {result['error']}")
 
-        done = list(runner.run(tracks, melody_model, overwrite, min_note, on_track, DEBUG["on"]))
+        done = list(runner.run(tracks, melody_model, overwrite, min_note, on_track, DEBUG["on"],
+                               voicing_threshold))  # fmt: skip
     counts = {s: sum(r["status"] == s for r in done) for s in ("done", "skipped", "failed")}
     if not quiet:
         err_console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; outputs in {out}")
@@ -541,7 +550,7 @@ def _evaluate_melody(models, data, patterns, out, quiet) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from eval.melody import evaluate_melody
-    from sepcli import datasets, melody
+    from sepcli import datasets
     from sepcli import transcribe as runner
     from sepcli.batch import UsageError
 
@@ -557,8 +566,7 @@ def _evaluate_melody(models, data, patterns, out, quiet) -> None:
                         disable=quiet or not err_console.is_terminal)  # fmt: skip
 
     def transcribe_fn(mix, rate):
-        times, midi, _ = runner.transcribe_audio(model, mix, rate)
-        return times, melody.midi_to_hz(midi)
+        return runner.scoring_contour(model, mix, rate)
 
     with progress:
         task = progress.add_task("melody", total=len(tracks))
@@ -879,6 +887,10 @@ def _train_melody(data, out, init, steps, batch_size, segment, lr, valid_every, 
 
         record = melody_train.train_melody(spec, str(init), out, settings,
                                            cache or out / "cache", resume, on_step)  # fmt: skip
+    if "voicing_threshold" in record:
+        err_console.print(f"voicing threshold {record['voicing_threshold']:.2f} (overall "
+                          f"accuracy {100 * record['valid_overall_accuracy']:.1f}% on the "
+                          "validation clips), saved in best.safetensors")  # fmt: skip
     err_console.print(f"trained {record.get('step', 0)} steps; {out}")
 
 

@@ -25,7 +25,7 @@ from models.melody import MelodyConfig, MelodyTranscriber
 from sepcli import checkpoints, datasets, melody
 from sepcli.audio import adapt_channels
 from sepcli.files import atomic_write
-from sepcli.transcribe import save_melody, transcribe_audio
+from sepcli.transcribe import frame_contour, load_melody, save_melody, scoring_contour
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,13 +116,6 @@ def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(x.astype(np.float64) ** 2)))
 
 
-def score_clip(model: MelodyTranscriber, mix: np.ndarray, rate: int, times: np.ndarray,
-               midi: np.ndarray) -> dict[str, float]:  # fmt: skip
-    """mir_eval's measures of the model on one mixture [C, T] vs the labels."""
-    est_times, est_midi, _ = transcribe_audio(model, mix, rate)
-    return melody_scores(times, melody.midi_to_hz(midi), est_times, melody.midi_to_hz(est_midi))
-
-
 def clip_mixture(clip: Clip, channels: int) -> np.ndarray:
     """The clip's own 0 dB mix, as MIR-1K is scored."""
     length = clip.voice.shape[-1]
@@ -130,13 +123,38 @@ def clip_mixture(clip: Clip, channels: int) -> np.ndarray:
 
 
 def validate(model: MelodyTranscriber, clips: list[Clip]) -> dict[str, float]:
+    """mir_eval's measures, averaged over the clips' own 0 dB mixes."""
+    return average([_scores(c, t, hz) for c, (t, hz) in zip(clips, _contours(model, clips))])
+
+
+def calibrate_voicing(model: MelodyTranscriber, clips: list[Clip]) -> tuple[float, float]:
+    """The voicing threshold (0.05..0.95) with the best mean overall accuracy on `clips`, and
+    that accuracy. The network runs once; only the threshold changes between scorings."""
+    raw = [frame_contour(model, clip_mixture(c, model.audio_channels), model.sample_rate)
+           for c in clips]  # fmt: skip
+    best = (model.config.voicing_threshold, -1.0)
+    for threshold in np.round(np.arange(0.05, 0.951, 0.05), 2):
+        accuracy = average([
+            _scores(c, times, np.where(v >= threshold, 1, -1) * melody.midi_to_hz(pitch))
+            for c, (times, pitch, v) in zip(clips, raw)
+        ])["overall_accuracy"]  # fmt: skip
+        if accuracy > best[1]:
+            best = (float(threshold), accuracy)
+    return best
+
+
+def _contours(model: MelodyTranscriber, clips: list[Clip]) -> list[tuple[np.ndarray, np.ndarray]]:
+    was_training = model.training
     model.eval()
     try:
-        per_clip = [score_clip(model, clip_mixture(c, model.audio_channels), model.sample_rate,
-                               c.label_times, c.label_midi) for c in clips]  # fmt: skip
+        return [scoring_contour(model, clip_mixture(c, model.audio_channels), model.sample_rate)
+                for c in clips]  # fmt: skip
     finally:
-        model.train()
-    return average(per_clip)
+        model.train(was_training)
+
+
+def _scores(clip: Clip, times: np.ndarray, hz: np.ndarray) -> dict[str, float]:
+    return melody_scores(clip.label_times, melody.midi_to_hz(clip.label_midi), times, hz)
 
 
 def build_from_separator(init: str) -> MelodyTranscriber:
@@ -232,4 +250,22 @@ def train_melody(
             log.write(json.dumps(record) + "\n")
         if on_step:
             on_step(step, record)
+    record.setdefault("step", step)
+    if valid_clips and (out / "best.safetensors").exists():
+        record["voicing_threshold"], record["valid_overall_accuracy"] = calibrate_best(
+            out / "best.safetensors", valid_clips
+        )
     return record
+
+
+def calibrate_best(path: Path, clips: list[Clip]) -> tuple[float, float]:
+    """Sets the checkpoint's voicing threshold to the one that scores best on `clips` (the
+    validation singers, never the test ones) and rewrites it; returns (threshold, accuracy)."""
+    _, model, meta = load_melody(str(path))
+    threshold, accuracy = calibrate_voicing(model, clips)
+    model.config = dataclasses.replace(model.config, voicing_threshold=threshold)
+    provenance = {k: v for k, v in meta.get("provenance", {}).items() if k != "sepcli_version"}
+    provenance["voicing_calibration"] = {"threshold": threshold, "valid_overall_accuracy":
+                                         round(accuracy, 4), "clips": len(clips)}  # fmt: skip
+    save_melody(path, model, provenance)
+    return threshold, accuracy

@@ -80,19 +80,41 @@ def frame_logits(model: MelodyTranscriber, audio: np.ndarray, chunk_seconds: flo
     return (acc[:frames] / weight[:frames]).numpy()
 
 
-def transcribe_audio(
-    model: MelodyTranscriber, audio: np.ndarray, rate: int, threshold: float = 0.5
+def frame_contour(
+    model: MelodyTranscriber, audio: np.ndarray, rate: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Audio [C, T] at any rate -> (frame times in s, MIDI pitch with 0 where unvoiced,
-    voicing probability)."""
+    """Audio [C, T] at any rate -> (frame times in s, MIDI pitch of every frame, voicing
+    probability): the pitch is the model's best guess even where it hears no voice."""
     x = adapt_channels(audio, model.audio_channels, downmix=True)
     if rate != model.sample_rate:
         x = Resampler(rate, model.sample_rate, x.shape[0])(x, last=True)
     logits = torch.from_numpy(frame_logits(model, x))
     pitch, voicing = model.decode(logits)
     pitch, voicing = pitch.numpy().astype(np.float64), voicing.numpy().astype(np.float64)
-    times = np.arange(len(pitch)) * model.hop / model.sample_rate
+    return np.arange(len(pitch)) * model.hop / model.sample_rate, pitch, voicing
+
+
+def transcribe_audio(
+    model: MelodyTranscriber, audio: np.ndarray, rate: int, threshold: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Audio [C, T] at any rate -> (frame times in s, MIDI pitch with 0 where unvoiced,
+    voicing probability). Voiced means a probability of at least `threshold` (default: the
+    model's own, chosen on its validation singers)."""
+    times, pitch, voicing = frame_contour(model, audio, rate)
+    threshold = model.config.voicing_threshold if threshold is None else threshold
     return times, np.where(voicing >= threshold, pitch, 0.0), voicing
+
+
+def scoring_contour(
+    model: MelodyTranscriber, audio: np.ndarray, rate: int, threshold: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(times, Hz) in the MIREX convention that mir_eval reads: unvoiced frames carry their
+    pitch guess as a negative frequency, so raw pitch and chroma accuracy measure the pitch
+    alone and the voicing measures the voicing alone."""
+    times, pitch, voicing = frame_contour(model, audio, rate)
+    threshold = model.config.voicing_threshold if threshold is None else threshold
+    hz = melody.midi_to_hz(pitch)
+    return times, np.where(voicing >= threshold, hz, -hz)
 
 
 def plan(inputs: list[str], model_name: str, out: Path, recursive: bool) -> tuple[list, list]:
@@ -128,6 +150,7 @@ def run(
     min_note: float,
     on_track: Callable[[dict], None] | None = None,
     raise_unexpected: bool = False,
+    threshold: float | None = None,
 ) -> Iterator[dict]:
     """Transcribe each track; a failing track is reported and the rest go on."""
     for track in tracks:
@@ -141,7 +164,7 @@ def run(
                 audio, rate = load(track.path)
                 if audio.shape[-1] == 0:
                     raise ValueError("no audio in the file")
-                times, midi, voicing = transcribe_audio(model, audio, rate)
+                times, midi, voicing = transcribe_audio(model, audio, rate, threshold)
                 notes = melody.notes_from_contour(times, midi, min_duration=min_note)
                 melody.write_melody_csv(track.outputs["melody"], times, melody.midi_to_hz(midi),
                                         voicing)  # fmt: skip

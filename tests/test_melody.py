@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -144,3 +146,34 @@ def test_melody_scores_are_mir_evals_measures():
     everywhere = melody_scores(t, ref, t, np.full_like(ref, 220.0))
     assert everywhere["voicing_recall"] == 1.0 and everywhere["voicing_false_alarm"] == 1.0
     assert average([perfect, octave])["raw_pitch_accuracy"] == 0.5
+
+
+def test_unvoiced_pitch_guesses_count_for_pitch_accuracy_only():
+    """MIREX convention: a negative frequency is an unvoiced frame with a pitch guess."""
+    t = np.arange(0, 5, 0.02)
+    ref = np.where((t > 1) & (t < 4), 220.0, 0.0)
+    guessed = melody_scores(t, ref, t, np.full_like(ref, -220.0))  # right pitch, all unvoiced
+    assert guessed["raw_pitch_accuracy"] == 1.0 and guessed["raw_chroma_accuracy"] == 1.0
+    assert guessed["voicing_recall"] == 0.0 and guessed["voicing_false_alarm"] == 0.0
+    silent = melody_scores(t, ref, t, np.zeros_like(ref))
+    assert silent["raw_pitch_accuracy"] == 0.0
+    assert guessed["overall_accuracy"] == pytest.approx(silent["overall_accuracy"])
+
+
+def test_the_voicing_threshold_is_the_one_that_scores_best_on_the_clips(monkeypatch):
+    """Voicing probability 0.3 where the label is voiced, 0.1 elsewhere: only thresholds in
+    (0.1, 0.3] get every frame right, and the sweep finds the first of them."""
+    from sepcli import melody_train
+
+    times = 0.02 + 0.02 * np.arange(200)
+    midi = np.where((times > 1) & (times < 3), 60.0, 0.0)
+    clip = melody_train.Clip("a", np.zeros((1, 10), np.float16), np.zeros((1, 10), np.float16),
+                             times, midi)  # fmt: skip
+
+    def contour(model, mix, rate):
+        return times, np.full_like(midi, 60.0), np.where(midi > 0, 0.3, 0.1)
+
+    monkeypatch.setattr(melody_train, "frame_contour", contour)
+    model = types.SimpleNamespace(audio_channels=1, sample_rate=16000, config=MelodyConfig())
+    threshold, accuracy = melody_train.calibrate_voicing(model, [clip])
+    assert threshold == 0.15 and accuracy == pytest.approx(1.0)

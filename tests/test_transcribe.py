@@ -55,6 +55,13 @@ def test_train_melody_fine_tunes_a_separator_and_resumes(tmp_path, karaoke, tiny
     first = cli(*args, "--steps", "3")
     assert first.returncode == 0, first.stderr
     assert "overall accuracy" in first.stderr  # validation on the held-out singer
+    # the best checkpoint's voicing threshold was chosen on the held-out singer
+    assert "voicing threshold" in first.stderr
+    _, best, best_meta = transcribe.load_melody(str(out / "best.safetensors"))
+    calibration = best_meta["provenance"]["voicing_calibration"]
+    assert calibration["clips"] == 1
+    assert best.config.voicing_threshold == calibration["threshold"]
+    assert 0.05 <= calibration["threshold"] <= 0.95
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3] and "valid" in records[-1]
     name, model, meta = transcribe.load_melody(str(out / "last.safetensors"))
