@@ -290,8 +290,8 @@ def transcribe(
         min=0.01,
         max=0.99,
         help="Voicing probability from which a frame counts as sung: lower finds more melody "
-        "and more false notes (default: the model's, chosen on its validation singers).",
-    ),  # fmt: skip
+        "and more false notes (default: the model's own; 0.5 for the embedded one).",
+    ),
     as_json: bool = typer.Option(
         False, "--json", help="Print a JSON summary on stdout; everything else goes to stderr."
     ),

@@ -25,7 +25,13 @@ from models.melody import MelodyConfig, MelodyTranscriber
 from sepcli import checkpoints, datasets, melody
 from sepcli.audio import adapt_channels
 from sepcli.files import atomic_write
-from sepcli.transcribe import frame_contour, load_melody, save_melody, scoring_contour
+from sepcli.transcribe import (
+    frame_contour,
+    load_melody,
+    save_melody,
+    scoring_contour,
+    signed_contour,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +141,7 @@ def calibrate_voicing(model: MelodyTranscriber, clips: list[Clip]) -> tuple[floa
     best = (model.config.voicing_threshold, -1.0)
     for threshold in np.round(np.arange(0.05, 0.951, 0.05), 2):
         accuracy = average([
-            _scores(c, times, np.where(v >= threshold, 1, -1) * melody.midi_to_hz(pitch))
+            _scores(c, times, signed_contour(pitch, v, threshold))
             for c, (times, pitch, v) in zip(clips, raw)
         ])["overall_accuracy"]  # fmt: skip
         if accuracy > best[1]:

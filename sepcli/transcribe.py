@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from models.melody import MelodyConfig, MelodyTranscriber
 from sepcli import batch, checkpoints, melody
 from sepcli.audio import Resampler, adapt_channels, load
@@ -99,10 +100,9 @@ def transcribe_audio(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Audio [C, T] at any rate -> (frame times in s, MIDI pitch with 0 where unvoiced,
     voicing probability). Voiced means a probability of at least `threshold` (default: the
-    model's own, chosen on its validation singers)."""
+    model's own, `voicing_threshold` in its config)."""
     times, pitch, voicing = frame_contour(model, audio, rate)
-    threshold = model.config.voicing_threshold if threshold is None else threshold
-    return times, np.where(voicing >= threshold, pitch, 0.0), voicing
+    return times, np.where(voicing >= _threshold(model, threshold), pitch, 0.0), voicing
 
 
 def scoring_contour(
@@ -112,9 +112,17 @@ def scoring_contour(
     pitch guess as a negative frequency, so raw pitch and chroma accuracy measure the pitch
     alone and the voicing measures the voicing alone."""
     times, pitch, voicing = frame_contour(model, audio, rate)
-    threshold = model.config.voicing_threshold if threshold is None else threshold
+    return times, signed_contour(pitch, voicing, _threshold(model, threshold))
+
+
+def signed_contour(pitch: np.ndarray, voicing: np.ndarray, threshold: float) -> np.ndarray:
+    """MIDI pitch and voicing probability per frame -> Hz, negative where unvoiced."""
     hz = melody.midi_to_hz(pitch)
-    return times, np.where(voicing >= threshold, hz, -hz)
+    return np.where(voicing >= threshold, hz, -hz)
+
+
+def _threshold(model: MelodyTranscriber, threshold: float | None) -> float:
+    return model.config.voicing_threshold if threshold is None else threshold
 
 
 def plan(inputs: list[str], model_name: str, out: Path, recursive: bool) -> tuple[list, list]:
