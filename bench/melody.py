@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eval.melody import mirex_contour  # noqa: E402
 
 FMIN, FMAX = 65.0, 1047.0  # C2..C6, the transcriber's grid
 
@@ -42,7 +43,7 @@ def pyin(audio: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray]:
                                  hop_length=hop, fill_na=None)  # fmt: skip
     # fill_na=None: unvoiced frames keep pYIN's best guess, given as a negative frequency
     f0 = np.where(np.isfinite(f0), f0, 0.0)
-    return np.arange(len(f0)) * hop / rate, np.where(voiced, f0, -f0)
+    return np.arange(len(f0)) * hop / rate, mirex_contour(f0, voiced.astype(float), 0.5)
 
 
 def crepe(audio: np.ndarray, rate: int, model: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -62,10 +63,6 @@ def crepe(audio: np.ndarray, rate: int, model: str) -> tuple[np.ndarray, np.ndar
                                          device="cpu", return_periodicity=True)  # fmt: skip
     f0, periodicity = f0[0].numpy(), periodicity[0].numpy()
     return np.arange(len(f0)) * hop / rate, f0, periodicity
-
-
-def voiced_where(f0: np.ndarray, confidence: np.ndarray, threshold: float) -> np.ndarray:
-    return np.where(confidence >= threshold, f0, -f0)
 
 
 def main() -> None:
@@ -113,7 +110,7 @@ def main() -> None:
             seconds[name] += time.perf_counter() - start
             if confidence:
                 crepe_raw.append((times, hz, confidence[0]))
-                hz = voiced_where(hz, confidence[0], 0.5)
+                hz = mirex_contour(hz, confidence[0], 0.5)
             scores[name].append(melody_scores(ref_times, ref_hz, times, hz))
         references.append((ref_times, ref_hz))
         print(f"{i + 1}/{len(tracks)} {track.name}", file=sys.stderr)
@@ -148,7 +145,7 @@ def _best_threshold(raw: list, references: list, melody_scores) -> tuple[float, 
     best: tuple[float, list[dict]] = (0.5, [])
     best_accuracy = -1.0
     for threshold in np.round(np.arange(0.05, 0.951, 0.05), 2):
-        per_clip = [melody_scores(rt, rh, t, voiced_where(f0, p, threshold))
+        per_clip = [melody_scores(rt, rh, t, mirex_contour(f0, p, threshold))
                     for (t, f0, p), (rt, rh) in zip(raw, references)]  # fmt: skip
         accuracy = float(np.mean([s["overall_accuracy"] for s in per_clip]))
         if accuracy > best_accuracy:

@@ -34,6 +34,12 @@ def melody_scores(
     return {key: float(scores[name]) for name, key in MEASURES.items()}
 
 
+def mirex_contour(hz: np.ndarray, confidence: np.ndarray, threshold: float) -> np.ndarray:
+    """Every frame's pitch guess (Hz) and voicing confidence -> the contour `melody_scores`
+    reads: voiced where the confidence reaches `threshold`, the guess negated elsewhere."""
+    return np.where(np.asarray(confidence) >= threshold, hz, -np.asarray(hz))
+
+
 def average(per_clip: list[dict[str, float]]) -> dict[str, float]:
     """Each measure's mean over clips (NaN where no clip defines it, e.g. no voiced frame)."""
     out = {}

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eval.melody import average, melody_scores
+from eval.melody import average, melody_scores, mirex_contour
 from models.melody import MelodyConfig, MelodyTranscriber
 from sepcli import checkpoints, datasets, melody
 from sepcli.audio import adapt_channels
@@ -30,7 +30,6 @@ from sepcli.transcribe import (
     load_melody,
     save_melody,
     scoring_contour,
-    signed_contour,
 )
 
 
@@ -141,7 +140,7 @@ def calibrate_voicing(model: MelodyTranscriber, clips: list[Clip]) -> tuple[floa
     best = (model.config.voicing_threshold, -1.0)
     for threshold in np.round(np.arange(0.05, 0.951, 0.05), 2):
         accuracy = average([
-            _scores(c, times, signed_contour(pitch, v, threshold))
+            _scores(c, times, mirex_contour(melody.midi_to_hz(pitch), v, threshold))
             for c, (times, pitch, v) in zip(clips, raw)
         ])["overall_accuracy"]  # fmt: skip
         if accuracy > best[1]:

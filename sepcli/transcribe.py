@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from eval.melody import mirex_contour
 from models.melody import MelodyConfig, MelodyTranscriber
 from sepcli import batch, checkpoints, melody
 from sepcli.audio import Resampler, adapt_channels, load
@@ -112,13 +113,7 @@ def scoring_contour(
     pitch guess as a negative frequency, so raw pitch and chroma accuracy measure the pitch
     alone and the voicing measures the voicing alone."""
     times, pitch, voicing = frame_contour(model, audio, rate)
-    return times, signed_contour(pitch, voicing, _threshold(model, threshold))
-
-
-def signed_contour(pitch: np.ndarray, voicing: np.ndarray, threshold: float) -> np.ndarray:
-    """MIDI pitch and voicing probability per frame -> Hz, negative where unvoiced."""
-    hz = melody.midi_to_hz(pitch)
-    return np.where(voicing >= threshold, hz, -hz)
+    return times, mirex_contour(melody.midi_to_hz(pitch), voicing, _threshold(model, threshold))
 
 
 def _threshold(model: MelodyTranscriber, threshold: float | None) -> float:
