@@ -290,7 +290,7 @@ def transcribe(
         min=0.01,
         max=0.99,
         help="Voicing probability from which a frame counts as sung: lower finds more melody "
-        "and more false notes (default: the model's own; 0.5 for the embedded one).",
+        "and more false notes (default: the model's own; 0.55 for the embedded one).",
     ),
     as_json: bool = typer.Option(
         False, "--json", help="Print a JSON summary on stdout; everything else goes to stderr."
@@ -657,7 +657,9 @@ def models_list(ctx: typer.Context) -> None:
     presets = checkpoints.list_presets()
     for name in registry.ARCHITECTURES:
         table.add_row(name, ", ".join(presets.get(name, [])))
-    table.add_row("melody", "(sepcli train melody --init A_MEL_ROFORMER)")
+    from sepcli.melody_train import presets as melody_presets
+
+    table.add_row("melody", ", ".join(melody_presets()) + " (with --init A_MEL_ROFORMER)")
     out_console.print(table)
     table = Table(title="checkpoints (-m NAME)")
     for column in ("name", "architecture", "sources", "rate", "path"):
@@ -760,7 +762,10 @@ def train(
     ),
     is_wav: bool = typer.Option(False, "--is-wav", help="MUSDB18-HQ layout (wav stems)."),
     config: Optional[str] = typer.Option(
-        None, "--config", help="Preset name (small, medium, large, ...) or YAML path."
+        None,
+        "--config",
+        help="Preset name (small, medium, large, ...; for melody: spectral, the "
+        "default, or paper) or YAML path.",
     ),
     steps: Optional[int] = typer.Option(
         None, "--steps", help="Optimizer steps (default: the preset's)."
@@ -813,8 +818,8 @@ def train(
     from sepcli import train as training
 
     if architecture == "melody":
-        _train_melody(data, out, init, steps, batch_size, segment, lr, valid_every, seed, resume,
-                      cache, valid, exclude, quiet)  # fmt: skip
+        _train_melody(data, out, init, config, steps, batch_size, segment, lr, valid_every, seed,
+                      resume, cache, valid, exclude, quiet)  # fmt: skip
         return
 
     preset = training.load_preset(architecture, config)
@@ -858,8 +863,8 @@ def _data_specs(musdb: Path | None, data: list[str] | None, is_wav: bool, from_y
     return specs
 
 
-def _train_melody(data, out, init, steps, batch_size, segment, lr, valid_every, seed, resume,
-                  cache, valid, exclude, quiet) -> None:  # fmt: skip
+def _train_melody(data, out, init, config, steps, batch_size, segment, lr, valid_every, seed,
+                  resume, cache, valid, exclude, quiet) -> None:  # fmt: skip
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from sepcli import melody_train
@@ -867,13 +872,19 @@ def _train_melody(data, out, init, steps, batch_size, segment, lr, valid_every, 
 
     if not data or len(data) != 1 or init is None:
         raise UsageError("train melody needs one --data stems:ROOT (with pitch.pv labels) and "
-                         "--init CHECKPOINT (a Mel-RoFormer separator, e.g. default)")  # fmt: skip
+                         "--init CHECKPOINT (a Mel-RoFormer separator, e.g. default, or a melody "
+                         "model)")  # fmt: skip
     (spec,) = _data_specs(None, data, False, [], valid, exclude)
     if spec.kind != "stems":
         raise UsageError("train melody reads stem folders with pitch labels: --data stems:ROOT")
+    head, values = melody_train.load_preset(config)
     given = dict(steps=steps, batch_size=batch_size, segment=segment, lr=lr,
                  valid_every=valid_every, seed=seed)  # fmt: skip
-    settings = melody_train.MelodySettings(**{k: v for k, v in given.items() if v is not None})
+    values.update({k: v for k, v in given.items() if v is not None})
+    try:
+        settings = melody_train.MelodySettings.from_dict(values)
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"melody config: {err}")
     progress = Progress(TextColumn("train melody"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[info]}"), console=err_console,
                         disable=quiet or not err_console.is_terminal)  # fmt: skip
@@ -885,7 +896,7 @@ def _train_melody(data, out, init, steps, batch_size, segment, lr, valid_every, 
             if "valid" in record:
                 err_console.print(f"step {step}: " + _melody_line(record["valid"]))
 
-        record = melody_train.train_melody(spec, str(init), out, settings,
+        record = melody_train.train_melody(spec, str(init), out, settings, head,
                                            cache or out / "cache", resume, on_step)  # fmt: skip
     if "voicing_threshold" in record:
         err_console.print(f"voicing threshold {record['voicing_threshold']:.2f} (overall "

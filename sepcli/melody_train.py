@@ -6,6 +6,12 @@ stored (MIR-1K's condition) or over another track's accompaniment at a random SN
 follows the voice, so remixing keeps it exact. Validation clips (whole singers, `--valid`) are
 scored with mir_eval at 0 dB; `best.safetensors` keeps the best overall accuracy, `state.pt`
 resumes a run (`--resume`).
+
+The head is chosen by a preset (`sepcli/presets/melody-*.yaml` or a YAML path, `--config`): its
+`model:` keys set the head (the trunk's come from `--init`), its `training:` keys the settings.
+With `head_only_steps` the first steps train the head on the frozen trunk, then everything
+(linear probing, then fine-tuning: Kumar et al., ICLR 2022), so a new head does not send random
+gradients into a trained trunk.
 """
 
 from __future__ import annotations
@@ -43,7 +49,50 @@ class MelodySettings:
     valid_every: int = 50
     own_accompaniment: float = 0.5  # share of examples over the clip's own accompaniment
     snr_db: tuple[float, float] = (-5.0, 5.0)  # voice over another accompaniment
+    gain_db: tuple[float, float] = (0.0, 0.0)  # random level of each example's mix
+    head_only_steps: int = 0  # the first steps leave the trunk frozen
     seed: int = 0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "MelodySettings":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown melody training key(s): {', '.join(unknown)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**values)
+
+
+HEAD_KEYS = ("head_channels", "head_hidden", "spectral_bins", "spectral_context", "midi_low",
+             "midi_high", "bins_per_semitone", "blur_cents", "voicing_weight")  # fmt: skip
+DEFAULT_PRESET = "spectral"
+
+
+def load_preset(preset: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(head keys, training keys) of a melody preset: a name (`melody-NAME.yaml` among the
+    shipped presets) or a YAML path."""
+    path = Path(preset or DEFAULT_PRESET)
+    if not path.exists():
+        if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+            raise checkpoints.CheckpointError(f"config file {preset} does not exist")
+        path = checkpoints.PRESETS_DIR / f"melody-{path.name}.yaml"
+        if not path.exists():
+            raise checkpoints.CheckpointError(
+                f"no melody preset '{preset}' (have: {', '.join(presets())})"
+            )
+    data = checkpoints.read_yaml(path)
+    head, training = dict(data.get("model") or {}), dict(data.get("training") or {})
+    unknown = sorted(set(head) - set(HEAD_KEYS))
+    if unknown:
+        raise checkpoints.CheckpointError(
+            f"{path.name}: model keys {', '.join(unknown)} are not head keys (the trunk comes "
+            "from --init)"
+        )
+    return head, training
+
+
+def presets() -> list[str]:
+    return [p.stem[len("melody-") :] for p in sorted(checkpoints.PRESETS_DIR.glob("melody-*.yaml"))]
 
 
 @dataclasses.dataclass
@@ -100,7 +149,7 @@ class Examples:
                 snr = self.rng.uniform(*self.settings.snr_db)
                 gain = _rms(voice) / max(_rms(backing), 1e-6) * 10 ** (-snr / 20)
                 backing = backing * gain
-            mix[b] = voice + backing
+            mix[b] = (voice + backing) * 10 ** (self.rng.uniform(*self.settings.gain_db) / 20)
             real = min(self.length, clip.voice.shape[-1] - start)
             times = (start + np.arange(self.frames) * hop) / rate
             midi[b] = melody.labels_on_frames(clip.label_times, clip.label_midi, times)
@@ -162,8 +211,20 @@ def _scores(clip: Clip, times: np.ndarray, hz: np.ndarray) -> dict[str, float]:
     return melody_scores(clip.label_times, melody.midi_to_hz(clip.label_midi), times, hz)
 
 
-def build_from_separator(init: str) -> MelodyTranscriber:
-    """A transcriber whose trunk is a Mel-RoFormer separation checkpoint's (its config too)."""
+def build_model(init: str, head: dict[str, Any] | None = None) -> MelodyTranscriber:
+    """A transcriber with the `head` keys given, its trunk taken from `init`: a Mel-RoFormer
+    separation checkpoint (its mask estimators are dropped) or a melody checkpoint (whose head
+    keys hold where `head` does not set them, and whose head weights are kept where their
+    shapes still fit)."""
+    head = head or {}
+    if _is_melody_checkpoint(init):
+        _, source, _ = load_melody(init)
+        model = _build(init, {**source.config.to_dict(), **head})
+        state = source.state_dict()
+        fitting = {k: v for k, v in state.items()
+                   if k in model.state_dict() and model.state_dict()[k].shape == v.shape}  # fmt: skip
+        model.load_state_dict(fitting, strict=False)
+        return model
     loaded = checkpoints.load_model(init)
     if loaded.metadata.get("architecture") != "mel-roformer":
         raise checkpoints.CheckpointError(
@@ -172,11 +233,29 @@ def build_from_separator(init: str) -> MelodyTranscriber:
         )
     trunk = {k: v for k, v in loaded.model.config.to_dict().items()
              if k not in ("num_stems", "sources")}  # fmt: skip
-    model = MelodyTranscriber(MelodyConfig.from_dict(trunk))
+    model = _build(init, {**trunk, **head})
     missing = model.load_trunk(loaded.model.state_dict())
     if missing:
         raise checkpoints.CheckpointError(f"--init {init}: the trunk lacks {missing[:3]}")
     return model
+
+
+def _build(init: str, config: dict[str, Any]) -> MelodyTranscriber:
+    try:
+        return MelodyTranscriber(MelodyConfig.from_dict(config))
+    except (ValueError, TypeError) as err:
+        raise checkpoints.CheckpointError(f"--init {init}: bad melody config: {err}")
+
+
+def _is_melody_checkpoint(init: str) -> bool:
+    from sepcli.transcribe import WEIGHTS_DIR
+
+    path = Path(init).expanduser()
+    if not path.exists() and (WEIGHTS_DIR / f"{init}.safetensors").exists():
+        path = WEIGHTS_DIR / f"{init}.safetensors"
+    if path.suffix != ".safetensors" or not path.is_file():
+        return False
+    return checkpoints.read_header(path)[0].get("architecture") == "melody"
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -191,6 +270,7 @@ def train_melody(
     init: str,
     out: Path,
     settings: MelodySettings,
+    head: dict[str, Any] | None = None,
     cache: Path | None = None,
     resume: bool = False,
     on_step: Callable[[int, dict[str, Any]], None] | None = None,
@@ -198,7 +278,7 @@ def train_melody(
     """Fine-tune; returns the last record (step, loss, and validation scores where run)."""
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    model = build_from_separator(init)
+    model = build_model(init, head)
     train_clips = load_clips(data, "train", model.sample_rate, cache)
     valid_clips = load_clips(data, "valid", model.sample_rate, cache) if data.valid else []
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.01)
@@ -219,7 +299,8 @@ def train_melody(
         torch.set_rng_state(state["torch_rng"])
         _truncate_log(out / "metrics.jsonl", step)  # steps after the saved state are redone
     examples = Examples(train_clips, model, settings, rng)
-    provenance = {"init": init, "data": f"{data.label}: {len(train_clips)} training clips, "
+    provenance = {"init": init, "head": head or {},
+                  "data": f"{data.label}: {len(train_clips)} training clips, "
                   f"{len(valid_clips)} validation clips (held out)",
                   "settings": dataclasses.asdict(settings)}  # fmt: skip
     model.train()
@@ -229,7 +310,7 @@ def train_melody(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         mix, midi, mask = examples.batch()
-        loss = model.loss(model(mix), midi, mask)
+        loss = model.loss(model(mix, train_trunk=step >= settings.head_only_steps), midi, mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from eval.melody import average, melody_scores
-from models.melody import MelodyConfig, MelodyTranscriber
+from models.melody import MelodyConfig, MelodyTranscriber, with_context
 from sepcli import checkpoints, melody
 from tests.conftest import TINY_MEL_ROFORMER
 
@@ -177,3 +177,104 @@ def test_the_voicing_threshold_is_the_one_that_scores_best_on_the_clips(monkeypa
     model = types.SimpleNamespace(audio_channels=1, sample_rate=16000, config=MelodyConfig())
     threshold, accuracy = melody_train.calibrate_voicing(model, [clip])
     assert threshold == 0.15 and accuracy == pytest.approx(1.0)
+
+
+SPECTRAL_HEAD = {"spectral_bins": 40, "spectral_context": 2, "head_hidden": 32}
+SPECTRAL = {**TRUNK, **SPECTRAL_HEAD}
+
+
+def test_the_spectral_head_reads_each_frames_log_spectrum_and_its_neighbours():
+    torch.manual_seed(0)
+    model = MelodyTranscriber(MelodyConfig.from_dict(SPECTRAL))
+    rate, n_fft = model.sample_rate, model.config.stft_n_fft
+    t = torch.arange(22050) / rate
+    # a tone on bin 12, louder in its second half
+    tone = torch.sin(2 * np.pi * 12 * rate / n_fft * t) * torch.where(t < 0.25, 0.01, 0.5)
+    _, spectrum = model.trunk.encode(tone.expand(2, -1)[None])
+    frames = spectrum.shape[1]
+    features = with_context(model.log_magnitudes(spectrum), 2)
+    assert features.shape == (1, frames, 5 * 40)
+    windows = features.reshape(frames, 5, 40)  # frames t-2 .. t+2 of each frame t
+    middle = windows[:, 2]
+    assert (middle[8:-8].argmax(-1) == 12).all()  # the tone's bin, away from the edges
+    assert torch.equal(windows[10:-2, 4], middle[12:]) and torch.equal(
+        windows[2:-10, 0], middle[:-12]
+    )
+    assert torch.equal(windows[0, 0], middle[0])  # the edges repeat the first frame
+    # log magnitudes: the level step shows as log(50) ~ 3.9 at the tone's bin
+    step = middle[-8:, 12].mean() - middle[3:8, 12].mean()
+    assert abs(step.item() - np.log(50.0)) < 0.3
+    assert model(tone.expand(2, -1)[None]).shape == (1, model.frames(22050), 242)
+
+
+def test_head_only_steps_leave_the_trunk_without_gradients():
+    torch.manual_seed(0)
+    model = MelodyTranscriber(MelodyConfig.from_dict(SPECTRAL))
+    mix, midi = torch.randn(1, 2, 11025), torch.full((1, model.frames(11025)), 60.0)
+    model.loss(model(mix, train_trunk=False), midi).backward()
+    assert all(p.grad is None for p in model.trunk.parameters())
+    assert all(p.grad is not None for p in model.classifier.parameters())
+    assert all(p.grad is not None for p in model.band_head.parameters())
+    model.loss(model(mix), midi).backward()
+    assert all(p.grad is not None for p in model.trunk.parameters() if p.requires_grad)
+
+
+def test_a_new_head_starts_from_a_melody_checkpoints_trunk(tmp_path):
+    from sepcli import melody_train
+    from sepcli.transcribe import save_melody
+
+    old = tiny()
+    with torch.no_grad():  # float16 round trip exact
+        for p in old.parameters():
+            p.copy_(p.half().float())
+    save_melody(tmp_path / "old.safetensors", old, {})
+    new = melody_train.build_model(str(tmp_path / "old.safetensors"), SPECTRAL_HEAD)
+    assert new.config.spectral_bins == 40 and new.config.dim == old.config.dim
+    state = new.state_dict()
+    kept = [k for k in old.state_dict() if k.startswith(("trunk.", "band_head."))]
+    assert kept and all(torch.equal(state[k], old.state_dict()[k]) for k in kept)
+    # without new head keys, the checkpoint's own head is kept, classifier included
+    same = melody_train.build_model(str(tmp_path / "old.safetensors"))
+    assert same.config == old.config
+    assert all(torch.equal(v, old.state_dict()[k]) for k, v in same.state_dict().items())
+
+
+def test_melody_presets_set_the_head_and_the_training(tmp_path):
+    from sepcli import melody_train
+    from sepcli.checkpoints import CheckpointError
+
+    assert set(melody_train.presets()) >= {"spectral", "paper"}
+    head, training = melody_train.load_preset(None)  # the default: spectral
+    assert head["spectral_bins"] == 186 and head["head_hidden"] > 0
+    settings = melody_train.MelodySettings.from_dict(training)
+    assert 0 < settings.head_only_steps < settings.steps and settings.gain_db == (-10.0, 10.0)
+    for name in melody_train.presets():
+        head, _ = melody_train.load_preset(name)
+        MelodyTranscriber(MelodyConfig.from_dict({**TRUNK, **head}))  # builds on any trunk
+    assert melody_train.load_preset("paper")[0]["spectral_bins"] == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  dim: 64\n")
+    with pytest.raises(CheckpointError, match="dim"):
+        melody_train.load_preset(str(bad))
+    with pytest.raises(CheckpointError, match="have: paper, spectral"):
+        melody_train.load_preset("huge")
+    with pytest.raises(ValueError, match="stepz"):
+        melody_train.MelodySettings.from_dict({"stepz": 3})
+
+
+def test_training_mixes_get_the_random_level_and_keep_their_labels():
+    from sepcli import melody_train
+
+    rate = 44100
+    times = 0.02 + 0.02 * np.arange(150)
+    voice = np.sin(2 * np.pi * 220 * np.arange(3 * rate) / rate)[None].astype(np.float16)
+    clip = melody_train.Clip("a", voice, 0.1 * voice, times, np.full(150, 57.0))
+    model = tiny()
+    batches = {}
+    for gain in (0.0, 6.0):
+        settings = melody_train.MelodySettings(batch_size=2, segment=1.0, gain_db=(gain, gain))
+        examples = melody_train.Examples([clip], model, settings, np.random.default_rng(0))
+        batches[gain] = examples.batch()
+    (quiet, labels, _), (loud, same_labels, _) = batches[0.0], batches[6.0]
+    assert torch.allclose(loud, quiet * 10 ** (6 / 20), atol=1e-5)
+    assert torch.equal(labels, same_labels) and (labels == 57.0).all()
