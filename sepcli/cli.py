@@ -810,6 +810,12 @@ def train(
     exclude: Optional[list[str]] = typer.Option(
         None, "--exclude", help="Stem folders: track-name patterns never read (a test split)."
     ),
+    accompaniment: Optional[list[str]] = typer.Option(
+        None,
+        "--accompaniment",
+        help="train melody: more accompaniments to remix the voices over, KIND:ROOT[:WEIGHT] "
+        "(repeatable; every stem but the vocals, training tracks only), e.g. musdb:ROOT.",
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
 ) -> None:
     """Train a separator on MUSDB18 and stem folders (remixed; validation on held-out tracks),
@@ -819,8 +825,12 @@ def train(
 
     if architecture == "melody":
         _train_melody(data, out, init, config, steps, batch_size, segment, lr, valid_every, seed,
-                      resume, cache, valid, exclude, quiet)  # fmt: skip
+                      resume, cache, valid, exclude, accompaniment, quiet)  # fmt: skip
         return
+    if accompaniment:
+        from sepcli.batch import UsageError
+
+        raise UsageError("--accompaniment is for train melody; separators remix --data")
 
     preset = training.load_preset(architecture, config)
     values = dict(preset["training"])
@@ -864,11 +874,12 @@ def _data_specs(musdb: Path | None, data: list[str] | None, is_wav: bool, from_y
 
 
 def _train_melody(data, out, init, config, steps, batch_size, segment, lr, valid_every, seed,
-                  resume, cache, valid, exclude, quiet) -> None:  # fmt: skip
+                  resume, cache, valid, exclude, accompaniment, quiet) -> None:  # fmt: skip
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from sepcli import melody_train
     from sepcli.batch import UsageError
+    from sepcli.datasets import DataSpec
 
     if not data or len(data) != 1 or init is None:
         raise UsageError("train melody needs one --data stems:ROOT (with pitch.pv labels) and "
@@ -877,6 +888,7 @@ def _train_melody(data, out, init, config, steps, batch_size, segment, lr, valid
     (spec,) = _data_specs(None, data, False, [], valid, exclude)
     if spec.kind != "stems":
         raise UsageError("train melody reads stem folders with pitch labels: --data stems:ROOT")
+    backings = [DataSpec.parse(text) for text in accompaniment or []]
     head, values = melody_train.load_preset(config)
     given = dict(steps=steps, batch_size=batch_size, segment=segment, lr=lr,
                  valid_every=valid_every, seed=seed)  # fmt: skip
@@ -897,7 +909,8 @@ def _train_melody(data, out, init, config, steps, batch_size, segment, lr, valid
                 err_console.print(f"step {step}: " + _melody_line(record["valid"]))
 
         record = melody_train.train_melody(spec, str(init), out, settings, head,
-                                           cache or out / "cache", resume, on_step)  # fmt: skip
+                                           cache or out / "cache", resume, on_step,
+                                           backings)  # fmt: skip
     if "voicing_threshold" in record:
         err_console.print(f"voicing threshold {record['voicing_threshold']:.2f} (overall "
                           f"accuracy {100 * record['valid_overall_accuracy']:.1f}% on the "

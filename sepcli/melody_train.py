@@ -2,8 +2,9 @@
 melody, on stem folders with a `pitch.pv` per track (MIR-1K).
 
 Examples: a random segment of a training clip's voice, over its own accompaniment at 0 dB as
-stored (MIR-1K's condition) or over another track's accompaniment at a random SNR; the label
-follows the voice, so remixing keeps it exact. Validation clips (whole singers, `--valid`) are
+stored (MIR-1K's condition) or over another accompaniment at a random SNR: another clip's, or
+one of the `accompaniments` datasets' (MUSDB, stem folders: every stem but the vocals, summed;
+`--accompaniment`). The label follows the voice, so remixing keeps it exact. Validation clips (whole singers, `--valid`) are
 scored with mir_eval at 0 dB; `best.safetensors` keeps the best overall accuracy, `state.pt`
 resumes a run (`--resume`).
 
@@ -121,14 +122,40 @@ def load_clips(spec: datasets.DataSpec, split: str, rate: int, cache: Path | Non
     return clips
 
 
+def load_accompaniments(
+    specs: list[datasets.DataSpec], rate: int, cache: Path | None
+) -> list[tuple[float, list[np.ndarray]]]:
+    """(weight, accompaniments) per dataset: each training track's stems but the vocals, summed
+    (float16 [C, T] at `rate`). Validation and excluded tracks are not read."""
+    pools = []
+    for spec in specs:
+        backings = []
+        for track in datasets.load_tracks(spec, "train", rate, cache):
+            parts = [audio for name, audio in track.targets.items()
+                     if "vocals" not in track.atoms[name]]  # fmt: skip
+            if parts:
+                backings.append(sum(p.astype(np.float32) for p in parts).astype(np.float16))
+        if not backings:
+            raise datasets.DataError(f"{spec.label}: no track has stems other than vocals")
+        pools.append((spec.weight, backings))
+    return pools
+
+
 class Examples:
-    """Training batches: (mix [B, C, L], MIDI labels [B, frames], label mask [B, frames])."""
+    """Training batches: (mix [B, C, L], MIDI labels [B, frames], label mask [B, frames]).
+
+    A remixed example's accompaniment comes from the clips' own dataset (weight 1) or one of
+    `accompaniments` (their weights), then a track of it, uniformly."""
 
     def __init__(self, clips: list[Clip], model: MelodyTranscriber, settings: MelodySettings,
-                 rng: np.random.Generator) -> None:  # fmt: skip
+                 rng: np.random.Generator,
+                 accompaniments: list[tuple[float, list[np.ndarray]]] = ()) -> None:  # fmt: skip
         self.clips, self.model, self.settings, self.rng = clips, model, settings, rng
         self.length = int(settings.segment * model.sample_rate)
         self.frames = model.frames(self.length)
+        self.pools = [[c.accompaniment for c in clips], *(p for _, p in accompaniments)]
+        weights = np.array([1.0, *(w for w, _ in accompaniments)])
+        self.pool_chances = weights / weights.sum()
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         size, channels = self.settings.batch_size, self.model.audio_channels
@@ -143,12 +170,13 @@ class Examples:
             if self.rng.random() < self.settings.own_accompaniment:
                 backing = _piece(clip.accompaniment, start, self.length, channels)
             else:
-                other = self.clips[self.rng.integers(len(self.clips))].accompaniment
+                pool = self.pools[self.rng.choice(len(self.pools), p=self.pool_chances)]
+                other = pool[self.rng.integers(len(pool))]
                 at = int(self.rng.integers(max(1, other.shape[-1] - self.length + 1)))
                 backing = _piece(other, at, self.length, channels)
                 snr = self.rng.uniform(*self.settings.snr_db)
-                gain = _rms(voice) / max(_rms(backing), 1e-6) * 10 ** (-snr / 20)
-                backing = backing * gain
+                if _rms(backing) > 1e-3:  # a silent stretch is left silent, not blown up
+                    backing = backing * (_rms(voice) / _rms(backing) * 10 ** (-snr / 20))
             mix[b] = (voice + backing) * 10 ** (self.rng.uniform(*self.settings.gain_db) / 20)
             real = min(self.length, clip.voice.shape[-1] - start)
             times = (start + np.arange(self.frames) * hop) / rate
@@ -274,6 +302,7 @@ def train_melody(
     cache: Path | None = None,
     resume: bool = False,
     on_step: Callable[[int, dict[str, Any]], None] | None = None,
+    accompaniments: list[datasets.DataSpec] = (),
 ) -> dict[str, Any]:
     """Fine-tune; returns the last record (step, loss, and validation scores where run)."""
     torch.manual_seed(settings.seed)
@@ -298,10 +327,13 @@ def train_melody(
         rng.bit_generator.state = json.loads(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
         _truncate_log(out / "metrics.jsonl", step)  # steps after the saved state are redone
-    examples = Examples(train_clips, model, settings, rng)
+    pools = load_accompaniments(list(accompaniments), model.sample_rate, cache)
+    examples = Examples(train_clips, model, settings, rng, pools)
     provenance = {"init": init, "head": head or {},
                   "data": f"{data.label}: {len(train_clips)} training clips, "
                   f"{len(valid_clips)} validation clips (held out)",
+                  "accompaniments": [f"{spec.label}: {len(pool)} tracks, weight {spec.weight:g}"
+                                     for spec, (_, pool) in zip(accompaniments, pools)],
                   "settings": dataclasses.asdict(settings)}  # fmt: skip
     model.train()
     record: dict[str, Any] = {}

@@ -278,3 +278,51 @@ def test_training_mixes_get_the_random_level_and_keep_their_labels():
     (quiet, labels, _), (loud, same_labels, _) = batches[0.0], batches[6.0]
     assert torch.allclose(loud, quiet * 10 ** (6 / 20), atol=1e-5)
     assert torch.equal(labels, same_labels) and (labels == 57.0).all()
+
+
+def test_voices_are_remixed_over_other_datasets_accompaniments_at_the_asked_snr():
+    """The clip's own backing is silent, the other dataset's is noise: a remix is either the
+    voice alone (a silent stretch stays silent) or the voice over the noise at 2-4 dB SNR."""
+    from sepcli import melody_train
+
+    rate = 44100
+    voice = (0.5 * np.sin(2 * np.pi * 220 * np.arange(rate) / rate))[None].astype(np.float16)
+    times = 0.02 + 0.02 * np.arange(49)
+    clip = melody_train.Clip("a", voice, np.zeros_like(voice), times, np.full(49, 57.0))
+    noise = np.random.default_rng(0).standard_normal((2, 3 * rate)).astype(np.float16)
+    settings = melody_train.MelodySettings(batch_size=64, segment=1.0, own_accompaniment=0.0,
+                                           snr_db=(2.0, 4.0))  # fmt: skip
+    examples = melody_train.Examples([clip], tiny(), settings, np.random.default_rng(1),
+                                     [(3.0, [noise])])  # fmt: skip
+    mix, labels, _ = examples.batch()
+    residual = (mix - torch.from_numpy(voice.astype(np.float32))).double()
+    loudness = residual.pow(2).mean((1, 2)).sqrt()
+    alone = loudness < 1e-3
+    snr = 20 * torch.log10(voice.astype(np.float64).std() / loudness[~alone])
+    assert ((snr > 1.99) & (snr < 4.01)).all()
+    # the noise pool has weight 3 against the clips' own 1: about 3/4 of the remixes
+    assert 0.6 < (~alone).float().mean() < 0.9
+    assert (labels[:, 2:-2] == 57.0).all()  # the label follows the voice
+    stereo = residual[~alone][0]
+    assert not torch.allclose(stereo[0], stereo[1])  # the noise's two channels, kept apart
+
+
+def test_an_accompaniment_is_every_stem_but_the_vocals(tmp_path):
+    import soundfile as sf
+
+    from sepcli import datasets, melody_train
+
+    rate = 44100
+    t = np.arange(rate) / rate
+    stems = {"drums": 0.1 * np.sin(2 * np.pi * 100 * t), "other": 0.1 * np.sin(2 * np.pi * 300 * t),
+             "vocals": 0.3 * np.sin(2 * np.pi * 500 * t)}  # fmt: skip
+    for song in ("a", "held"):
+        (tmp_path / song).mkdir()
+        for name, audio in stems.items():
+            sf.write(tmp_path / song / f"{name}.wav", np.stack([audio, audio], 1), rate, "FLOAT")
+    spec = datasets.DataSpec("stems", tmp_path, weight=2.0, valid=("held",))
+    [(weight, backings)] = melody_train.load_accompaniments([spec], rate, None)
+    assert weight == 2.0 and len(backings) == 1  # the validation track is not read
+    expected = stems["drums"] + stems["other"]
+    assert backings[0].shape == (2, rate)
+    assert np.abs(backings[0][0].astype(np.float64) - expected).max() < 1e-3

@@ -92,15 +92,22 @@ def test_train_melody_gives_a_melody_model_a_new_head_on_its_frozen_trunk(
 ):
     """--init a melody model, --config spectral: the first steps train only the new head."""
     out = tmp_path / "run"
+    band = tmp_path / "band" / "song"  # an accompaniment dataset: its vocals are left out
+    band.mkdir(parents=True)
+    noise = 0.1 * np.random.default_rng(0).standard_normal((44100, 2))
+    sf.write(band / "drums.wav", noise, 44100)
+    sf.write(band / "vocals.wav", noise, 44100)
     proc = cli("train", "melody", "--data", f"stems:{karaoke}", "--init", melody_checkpoint,
                "--config", "spectral", "--out", out, "--valid", "val_*", "--batch-size", "2",
-               "--segment", "1.0", "--steps", "2", "-q")  # fmt: skip
+               "--segment", "1.0", "--steps", "2", "--accompaniment", f"stems:{band.parent}:2",
+               "-q")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     _, old, _ = transcribe.load_melody(str(melody_checkpoint))
     _, new, meta = transcribe.load_melody(str(out / "last.safetensors"))
     assert new.config.spectral_bins == 186 and new.config.head_hidden == 512
     assert meta["provenance"]["head"]["spectral_context"] == 2
     assert meta["provenance"]["settings"]["head_only_steps"] == 200
+    assert meta["provenance"]["accompaniments"] == ["stems:band: 1 tracks, weight 2"]
     # full-precision weights after the 2 steps: the trunk's untouched, the new head's trained
     state = torch.load(out / "state.pt", weights_only=True)["model"]
     trunk = [k for k in old.state_dict() if k.startswith("trunk.")]
