@@ -98,9 +98,10 @@ def probe(trunk: MelodyTranscriber, keys: dict, use_bands: bool, train: dict, va
         optimizer.step()
         schedule.step()
     seconds = time.perf_counter() - started
+    frames = len(valid["midi"])
     with torch.no_grad():
-        out = torch.cat([logits(head, valid, torch.arange(i, min(i + 8192, len(valid["midi"]))),
-                                use_bands) for i in range(0, len(valid["midi"]), 8192)])  # fmt: skip
+        out = torch.cat([logits(head, valid, torch.arange(i, min(i + 8192, frames)), use_bands)
+                         for i in range(0, frames, 8192)])  # fmt: skip
     pitch, voicing = head.decode(out)
     voiced = valid["midi"] > 0
     raw_pitch = (pitch[voiced] - valid["midi"][voiced]).abs().lt(0.5).float().mean().item()

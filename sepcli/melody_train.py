@@ -4,9 +4,9 @@ melody, on stem folders with a `pitch.pv` per track (MIR-1K).
 Examples: a random segment of a training clip's voice, over its own accompaniment at 0 dB as
 stored (MIR-1K's condition) or over another accompaniment at a random SNR: another clip's, or
 one of the `accompaniments` datasets' (MUSDB, stem folders: every stem but the vocals, summed;
-`--accompaniment`). The label follows the voice, so remixing keeps it exact. Validation clips (whole singers, `--valid`) are
-scored with mir_eval at 0 dB; `best.safetensors` keeps the best overall accuracy, `state.pt`
-resumes a run (`--resume`).
+`--accompaniment`). The label follows the voice, so remixing keeps it exact. Validation clips
+(whole singers, `--valid`) are scored with mir_eval at 0 dB; `best.safetensors` keeps the best
+overall accuracy, `state.pt` resumes a run (`--resume`).
 
 The head is chosen by a preset (`sepcli/presets/melody-*.yaml` or a YAML path, `--config`): its
 `model:` keys set the head (the trunk's come from `--init`), its `training:` keys the settings.
@@ -248,9 +248,9 @@ def build_model(init: str, head: dict[str, Any] | None = None) -> MelodyTranscri
     if _is_melody_checkpoint(init):
         _, source, _ = load_melody(init)
         model = _build(init, {**source.config.to_dict(), **head})
-        state = source.state_dict()
-        fitting = {k: v for k, v in state.items()
-                   if k in model.state_dict() and model.state_dict()[k].shape == v.shape}  # fmt: skip
+        target = model.state_dict()
+        fitting = {k: v for k, v in source.state_dict().items()
+                   if k in target and target[k].shape == v.shape}  # fmt: skip
         model.load_state_dict(fitting, strict=False)
         return model
     loaded = checkpoints.load_model(init)
