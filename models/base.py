@@ -34,7 +34,7 @@ class SeparatorConfig:
         hints = typing.get_type_hints(cls)
         clean = {}
         for name, value in values.items():
-            clean[name] = _coerce(name, value, hints[name])
+            clean[name] = coerce_value(name, value, hints[name])
         config = cls(**clean)
         config.check_bounds()
         return config
@@ -93,14 +93,14 @@ def check_source_names(sources: tuple[str, ...]) -> None:
         raise ValueError(f"config key 'sources' names {', '.join(duplicates)} more than once")
 
 
-def _coerce(name: str, value: Any, hint: Any) -> Any:
+def coerce_value(name: str, value: Any, hint: Any) -> Any:
     """Check one config value against its annotation; accept lists for tuples, ints for floats."""
     origin = typing.get_origin(hint)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"config key '{name}' must be a list, got {type(value).__name__}")
         (item,) = set(typing.get_args(hint)) - {Ellipsis}
-        return tuple(_coerce(name, v, item) for v in value)
+        return tuple(coerce_value(name, v, item) for v in value)
     if hint is bool:
         if not isinstance(value, bool):
             raise ValueError(f"config key '{name}' must be true or false, got {value!r}")

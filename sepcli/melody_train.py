@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from eval.melody import average, melody_scores, mirex_contour
+from models.base import coerce_value
 from models.melody import MelodyConfig, MelodyTranscriber
 from sepcli import checkpoints, datasets, melody
 from sepcli.audio import adapt_channels
@@ -35,6 +37,7 @@ from sepcli.files import atomic_write
 from sepcli.transcribe import (
     frame_contour,
     load_melody,
+    melody_path,
     save_melody,
     scoring_contour,
 )
@@ -56,12 +59,14 @@ class MelodySettings:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "MelodySettings":
+        """From a preset's `training:` keys, each checked against its annotation as model
+        configs are (lists become tuples, ints pass for floats)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown melody training key(s): {', '.join(unknown)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        return cls(**values)
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: coerce_value(k, v, hints[k]) for k, v in values.items()})
 
 
 HEAD_KEYS = ("head_channels", "head_hidden", "spectral_bins", "spectral_context", "midi_low",
@@ -276,11 +281,7 @@ def _build(init: str, config: dict[str, Any]) -> MelodyTranscriber:
 
 
 def _is_melody_checkpoint(init: str) -> bool:
-    from sepcli.transcribe import WEIGHTS_DIR
-
-    path = Path(init).expanduser()
-    if not path.exists() and (WEIGHTS_DIR / f"{init}.safetensors").exists():
-        path = WEIGHTS_DIR / f"{init}.safetensors"
+    path = melody_path(init)
     if path.suffix != ".safetensors" or not path.is_file():
         return False
     return checkpoints.read_header(path)[0].get("architecture") == "melody"

@@ -31,11 +31,17 @@ def save_melody(path: Path, model: MelodyTranscriber, provenance: dict[str, Any]
     checkpoints.write_native(path, meta, model.state_dict(), half=True)
 
 
-def load_melody(spec: str) -> tuple[str, MelodyTranscriber, dict[str, Any]]:
-    """(name, model in eval mode, metadata) from a path or the embedded `melody`."""
+def melody_path(spec: str) -> Path:
+    """The file behind a melody model's path or embedded name."""
     path = Path(spec).expanduser()
     if not path.exists() and (WEIGHTS_DIR / f"{spec}.safetensors").exists():
-        path = WEIGHTS_DIR / f"{spec}.safetensors"
+        return WEIGHTS_DIR / f"{spec}.safetensors"
+    return path
+
+
+def load_melody(spec: str) -> tuple[str, MelodyTranscriber, dict[str, Any]]:
+    """(name, model in eval mode, metadata) from a path or the embedded `melody`."""
+    path = melody_path(spec)
     meta, _ = checkpoints.read_header(path)
     if meta["architecture"] != ARCHITECTURE:
         raise CheckpointError(
