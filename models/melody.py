@@ -15,6 +15,16 @@ heads trained on the frozen trunk of the first embedded melody model scored 77 %
 accuracy on the validation singers from the band features, 80 % from the spectrum, 82.5 % from
 both (`bench/melody_head.py`).
 
+With `salience_window` > 0 the head also has a pitch salience map, after Bittner, McFee,
+Salamon, Li, Bello, "Deep Salience Representations for F0 Estimation in Polyphonic Music"
+(ISMIR 2017): the mono mix's log spectrum (its own, longer STFT at the trunk's hop) is read at
+the harmonics (and a subharmonic) of every pitch on the grid, a harmonic-CQT-like stack, and a
+small CNN over time and pitch turns it into one logit per pitch, added to the classifier's. The
+convolutions slide along pitch, so what is learnt at one pitch holds at every other: the
+classifier over fixed bins has to learn each pitch apart, from the few singers of MIR-1K. The
+CNN's last layer starts at zero: a model initialised from one without salience starts out
+computing exactly what it did.
+
 Loss: cross-entropy of the pitch logits against Gaussian-blurred one-hot targets (25-cent
 standard deviation, as CREPE: Kim, Salamon, Li, Bello, ICASSP 2018), on voiced frames only, plus
 binary cross-entropy on voicing.
@@ -54,6 +64,10 @@ class MelodyConfig(MelRoFormerConfig):
     spectral_bins: int = 0
     spectral_context: int = 0
     head_hidden: int = 0
+    # The pitch salience map (0 = none): its STFT size, harmonics read, CNN width.
+    salience_window: int = 0
+    salience_harmonics: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+    salience_channels: int = 16
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -70,6 +84,16 @@ class MelodyConfig(MelRoFormerConfig):
         if not 0 <= self.spectral_context <= 16 or not 0 <= self.head_hidden <= 8192:
             raise ValueError("config keys 'spectral_context' (0..16) or 'head_hidden' (0..8192) "
                              "are out of range")  # fmt: skip
+        if self.salience_window and not self.stft_hop_length <= self.salience_window <= 16384:
+            raise ValueError(
+                "config key 'salience_window' (STFT size) must be 0 or stft_hop_length..16384"
+            )
+        if not 1 <= len(self.salience_harmonics) <= 16 or not all(
+            0 < h <= 32 for h in self.salience_harmonics
+        ):
+            raise ValueError("config key 'salience_harmonics' needs 1-16 harmonics in (0, 32]")
+        if not 1 <= self.salience_channels <= 256:
+            raise ValueError("config key 'salience_channels' must lie in 1..256")
 
     @property
     def bins(self) -> int:
@@ -106,27 +130,36 @@ class MelodyTranscriber(nn.Module):
         )  # fmt: skip
         grid = config.midi_low + np.arange(config.bins) / config.bins_per_semitone
         self.register_buffer("pitch_grid", torch.tensor(grid, dtype=torch.float32), False)
+        self.salience = PitchSalience(config, grid) if config.salience_window else None
 
     def forward(self, mix: Tensor, train_trunk: bool = True) -> Tensor:
         """`train_trunk=False` runs the trunk without gradients (training the head alone)."""
         frames = self.frames(mix.shape[-1])
-        short = self.config.stft_n_fft // 2 + 1 - mix.shape[-1]
-        if short > 0:  # the centred STFT reflects n_fft/2 samples: pad very short inputs
+        short = max(self.config.stft_n_fft, self.config.salience_window) // 2 + 1 - mix.shape[-1]
+        if short > 0:  # the centred STFTs reflect n_fft/2 samples: pad very short inputs
             mix = F.pad(mix, (0, short))
         with torch.set_grad_enabled(train_trunk and torch.is_grad_enabled()):
             x, spectrum = self.trunk.encode(mix)  # (b, t, k, d), (b, t, f * c)
         spectral = None
         if self.config.spectral_bins:
             spectral = with_context(self.log_magnitudes(spectrum), self.config.spectral_context)
-        return self.head(x, spectral)[:, :frames]
+        stack = self.salience.harmonic_stack(mix) if self.salience is not None else None
+        return self.head(x, spectral, stack)[:, :frames]
 
-    def head(self, bands: Tensor, spectral: Tensor | None = None) -> Tensor:
+    def head(
+        self, bands: Tensor, spectral: Tensor | None = None, stack: Tensor | None = None
+    ) -> Tensor:
         """Band features [B, T, K, D] and, for a spectral head, each frame's log magnitudes
-        with their context ([B, T, (2 * context + 1) * bins]) -> logits [B, T, bins + 1]."""
+        with their context ([B, T, (2 * context + 1) * bins]), for a salience head the harmonic
+        stack [B, H, T, bins] -> logits [B, T, bins + 1]."""
         features = self.band_head(bands.float()).flatten(2)  # (b, t, k * h)
         if self.config.spectral_bins:
             features = torch.cat([features, spectral], -1)
-        return self.classifier(features)
+        logits = self.classifier(features)
+        if self.salience is None:
+            return logits
+        salience = self.salience(stack)[:, : logits.shape[1]]
+        return torch.cat([logits[..., :-1] + salience, logits[..., -1:]], -1)
 
     def log_magnitudes(self, spectrum: Tensor) -> Tensor:
         """The trunk's complex spectrum [B, T, F * C] -> log magnitudes of its lowest
@@ -188,6 +221,55 @@ class MelodyTranscriber(nn.Module):
         return pitch, torch.sigmoid(logits[..., -1].float())
 
 
+class PitchSalience(nn.Module):
+    """Harmonic stack of the mix -> one salience logit per frame and pitch of the grid.
+
+    The stack (`harmonic_stack`) is the log magnitude of the mono mix's STFT (`salience_window`
+    points, Hann, centred, the trunk's hop, so its frames are the trunk's), read by linear
+    interpolation at h * f for every pitch f of the grid and every h of `salience_harmonics`,
+    minus each frame's mean (the level is the band features' business; pitch is not). The CNN:
+    two 3x5 (time x pitch) layers, then one spanning an octave along pitch (13 taps a semitone
+    apart), then 1x1 to a logit."""
+
+    def __init__(self, config: MelodyConfig, grid_midi: np.ndarray) -> None:
+        super().__init__()
+        self.n_fft, self.hop = config.salience_window, config.stft_hop_length
+        hz = 440.0 * 2.0 ** ((grid_midi - 69.0) / 12.0)
+        position = np.array(config.salience_harmonics)[:, None] * hz * self.n_fft
+        position = np.clip(position / config.sample_rate, 0, self.n_fft // 2 - 1.001)
+        low = np.floor(position)
+        self.top = int(low.max()) + 2  # the bins the stack reads, the frame mean's range
+        self.register_buffer("low", torch.tensor(low, dtype=torch.long).flatten(), False)
+        self.register_buffer("frac", torch.tensor(position - low, dtype=torch.float32), False)
+        self.register_buffer("window", torch.hann_window(self.n_fft), False)
+        c, semitone = config.salience_channels, config.bins_per_semitone
+        self.net = nn.Sequential(
+            nn.Conv2d(len(config.salience_harmonics), c, (3, 5), padding=(1, 2)), nn.GELU(),
+            nn.Conv2d(c, c, (3, 5), padding=(1, 2)), nn.GELU(),
+            nn.Conv2d(c, c, (1, 13), padding=(0, 6 * semitone), dilation=(1, semitone)),
+            nn.GELU(), nn.Conv2d(c, 1, 1),
+        )  # fmt: skip
+        nn.init.zeros_(self.net[-1].weight)  # starts as no change to the classifier's logits
+        nn.init.zeros_(self.net[-1].bias)
+
+    def harmonic_stack(self, mix: Tensor) -> Tensor:
+        """Mix [B, C, L] -> the stack [B, H, T, bins] (T = L // hop + 1)."""
+        mono = mix.float().mean(1)
+        spec = torch.stft(mono, self.n_fft, self.hop, window=self.window, center=True,
+                          return_complex=True)  # fmt: skip
+        log = torch.log(spec.abs() + 1e-4)  # (b, f, t)
+        log = log - log[:, : self.top].mean(1, keepdim=True)
+        harmonics, bins = self.frac.shape
+        below = log.index_select(1, self.low).unflatten(1, (harmonics, bins))
+        above = log.index_select(1, self.low + 1).unflatten(1, (harmonics, bins))
+        frac = self.frac[None, :, :, None]
+        return (below * (1 - frac) + above * frac).transpose(2, 3)  # (b, h, t, bins)
+
+    def forward(self, stack: Tensor) -> Tensor:
+        """The stack [B, H, T, bins] -> salience logits [B, T, bins]."""
+        return self.net(stack.float())[:, 0]
+
+
 def with_context(frames: Tensor, context: int) -> Tensor:
     """Rows [B, T, N] -> each row with its `context` neighbours either side, [B, T, (2c+1) N],
     earliest first; the first and last rows repeat past the ends."""
@@ -199,4 +281,4 @@ def with_context(frames: Tensor, context: int) -> Tensor:
     return windows.permute(0, 2, 3, 1).reshape(batch, length, -1)
 
 
-__all__ = ["MelodyConfig", "MelodyTranscriber", "with_context"]
+__all__ = ["MelodyConfig", "MelodyTranscriber", "PitchSalience", "with_context"]

@@ -764,8 +764,8 @@ def train(
     config: Optional[str] = typer.Option(
         None,
         "--config",
-        help="Preset name (small, medium, large, ...; for melody: spectral, the "
-        "default, or paper) or YAML path.",
+        help="Preset name (small, medium, large, ...; for melody: salience, the "
+        "default, spectral or paper) or YAML path.",
     ),
     steps: Optional[int] = typer.Option(
         None, "--steps", help="Optimizer steps (default: the preset's)."

@@ -8,8 +8,9 @@ one of the `accompaniments` datasets' (MUSDB, stem folders: every stem but the v
 (whole singers, `--valid`) are scored with mir_eval at 0 dB; `best.safetensors` keeps the best
 overall accuracy, `state.pt` resumes a run (`--resume`).
 
-The head is chosen by a preset (`sepcli/presets/melody-*.yaml` or a YAML path, `--config`): its
-`model:` keys set the head (the trunk's come from `--init`), its `training:` keys the settings.
+The head is chosen by a preset (`sepcli/presets/melody-*.yaml` or a YAML path, `--config`;
+`salience` by default): its `model:` keys set the head (the trunk's come from `--init`), its
+`training:` keys the settings.
 With `head_only_steps` the first steps train the head on the frozen trunk, then everything
 (linear probing, then fine-tuning: Kumar et al., ICLR 2022), so a new head does not send random
 gradients into a trained trunk.
@@ -70,8 +71,9 @@ class MelodySettings:
 
 
 HEAD_KEYS = ("head_channels", "head_hidden", "spectral_bins", "spectral_context", "midi_low",
-             "midi_high", "bins_per_semitone", "blur_cents", "voicing_weight")  # fmt: skip
-DEFAULT_PRESET = "spectral"
+             "midi_high", "bins_per_semitone", "blur_cents", "voicing_weight",
+             "salience_window", "salience_harmonics", "salience_channels")  # fmt: skip
+DEFAULT_PRESET = "salience"
 
 
 def load_preset(preset: str | None) -> tuple[dict[str, Any], dict[str, Any]]:

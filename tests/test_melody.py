@@ -243,9 +243,10 @@ def test_melody_presets_set_the_head_and_the_training(tmp_path):
     from sepcli import melody_train
     from sepcli.checkpoints import CheckpointError
 
-    assert set(melody_train.presets()) >= {"spectral", "paper"}
-    head, training = melody_train.load_preset(None)  # the default: spectral
+    assert set(melody_train.presets()) >= {"salience", "spectral", "paper"}
+    head, training = melody_train.load_preset(None)  # the default: salience
     assert head["spectral_bins"] == 186 and head["head_hidden"] > 0
+    assert head["salience_window"] == 4096 and len(head["salience_harmonics"]) == 9
     settings = melody_train.MelodySettings.from_dict(training)
     assert 0 < settings.head_only_steps < settings.steps and settings.gain_db == (-10.0, 10.0)
     for name in melody_train.presets():
@@ -256,7 +257,7 @@ def test_melody_presets_set_the_head_and_the_training(tmp_path):
     bad.write_text("model:\n  dim: 64\n")
     with pytest.raises(CheckpointError, match="dim"):
         melody_train.load_preset(str(bad))
-    with pytest.raises(CheckpointError, match="have: paper, spectral"):
+    with pytest.raises(CheckpointError, match="have: paper, salience, spectral"):
         melody_train.load_preset("huge")
     with pytest.raises(ValueError, match="stepz"):
         melody_train.MelodySettings.from_dict({"stepz": 3})
@@ -326,3 +327,82 @@ def test_an_accompaniment_is_every_stem_but_the_vocals(tmp_path):
     expected = stems["drums"] + stems["other"]
     assert backings[0].shape == (2, rate)
     assert np.abs(backings[0][0].astype(np.float64) - expected).max() < 1e-3
+
+
+SALIENCE = {**TRUNK, "salience_window": 4096}
+
+
+def harmonic_tone(hz: float, seconds: float = 0.5, level: float = 0.3) -> torch.Tensor:
+    """Five harmonics at 1/h amplitude, stereo, [1, 2, L] at 44.1 kHz."""
+    t = torch.arange(int(44100 * seconds)) / 44100
+    tone = sum(torch.sin(2 * np.pi * h * hz * t) / h for h in range(1, 6))
+    return (level * tone).expand(2, -1)[None]
+
+
+def test_the_harmonic_stack_reads_every_pitchs_harmonics_whatever_the_level():
+    model = MelodyTranscriber(MelodyConfig.from_dict(SALIENCE))
+    harmonics = model.config.salience_harmonics
+    mix = harmonic_tone(220.0) + 0.001 * torch.randn(1, 1, 22050)
+    stack = model.salience.harmonic_stack(mix)[0]  # (h, t, bins)
+    assert stack.shape == (len(harmonics), model.frames(22050), model.config.bins)
+    grid = model.pitch_grid
+    # row h at pitch p reads frequency h * f(p): harmonic 2 of A2 is harmonic 1 of A3
+    a2, a3 = int((grid - 45).abs().argmin()), int((grid - 57).abs().argmin())
+    one, two = harmonics.index(1.0), harmonics.index(2.0)
+    assert torch.allclose(stack[two, :, a2], stack[one, :, a3], atol=1e-3)
+    # summed over harmonics 1-5, the middle frames peak at the tone's pitch (A3, MIDI 57)
+    rows = [harmonics.index(float(h)) for h in range(1, 6)]
+    peak = grid[stack[rows, 10:-10].sum(0).argmax(-1)]
+    assert (peak - 57.0).abs().max() < 0.3
+    # a level change of 20 dB leaves the stack as it was (each frame's mean is removed)
+    louder = model.salience.harmonic_stack(10 * mix)[0]
+    assert (louder - stack)[:, 10:-10].abs().mean() < 0.02
+
+
+def test_a_salience_head_starts_as_the_model_it_was_initialised_from(tmp_path):
+    from sepcli import melody_train
+    from sepcli.transcribe import save_melody
+
+    old = MelodyTranscriber(MelodyConfig.from_dict(SPECTRAL))
+    with torch.no_grad():  # float16 round trip exact
+        for p in old.parameters():
+            p.copy_(p.half().float())
+    save_melody(tmp_path / "old.safetensors", old, {})
+    new = melody_train.build_model(str(tmp_path / "old.safetensors"), {"salience_window": 4096})
+    assert new.config.salience_window == 4096 and new.config.spectral_bins == 40
+    mix = torch.randn(1, 2, 30000)
+    with torch.no_grad():
+        assert torch.equal(new.eval()(mix), old.eval()(mix))
+    new.train().loss(new(mix), torch.full((1, new.frames(30000)), 60.0)).backward()
+    assert new.salience.net[-1].weight.grad.abs().sum() > 0  # and it learns from there
+
+
+def test_the_salience_map_finds_a_pitch_it_never_trained_on():
+    """The salience CNN slides along pitch: trained on tones at four pitches, it places a fifth,
+    unseen one (the classifier alone cannot: it has to learn every pitch bin apart)."""
+    torch.manual_seed(0)
+    model = MelodyTranscriber(MelodyConfig.from_dict(SALIENCE))
+    seen = [50.0, 54.0, 62.0, 66.0]
+    mixes = torch.cat([harmonic_tone(440 * 2 ** ((m - 69) / 12)) for m in seen])
+    midi = torch.tensor(seen)[:, None].expand(-1, model.frames(22050))
+    with torch.no_grad():
+        stacks = model.salience.harmonic_stack(mixes)
+    optimizer = torch.optim.AdamW(model.salience.parameters(), lr=3e-3)
+    bands = torch.zeros(len(seen), midi.shape[1], model.config.num_bands, model.config.dim)
+    for _ in range(60):
+        loss = model.loss(model.head(bands, None, stacks), midi)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    unseen = 440 * 2 ** ((58.4 - 69) / 12)
+    with torch.no_grad():
+        stack = model.salience.harmonic_stack(harmonic_tone(unseen))
+        pitch, _ = model.decode(model.head(bands[:1], None, stack))
+    assert (pitch[0, 5:-5] - 58.4).abs().median() < 0.3
+
+
+def test_salience_config_keys_are_checked():
+    for bad in ({"salience_window": 100}, {"salience_harmonics": []},
+                {"salience_harmonics": [0.0, 1.0]}, {"salience_channels": 0}):  # fmt: skip
+        with pytest.raises(ValueError, match="salience"):
+            MelodyConfig.from_dict({**SALIENCE, **bad})
