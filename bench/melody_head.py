@@ -26,9 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.melody import MelodyConfig, MelodyTranscriber, with_context  # noqa: E402
+from sepcli.melody_train import HEAD_KEYS  # noqa: E402
 
-HEAD_KEYS = ("head_channels", "head_hidden", "spectral_bins", "spectral_context",
-             "salience_window", "salience_harmonics", "salience_channels")  # fmt: skip
 BINS, CONTEXT = 186, 2  # below 4 kHz at 44.1 kHz / 2048; the widest context of a variant
 SALIENCE = dict(salience_window=4096)
 SPECTRAL = dict(head_channels=32, head_hidden=512, spectral_bins=BINS, spectral_context=2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import types
 import typing
 from typing import Any
 
@@ -27,15 +28,7 @@ class SeparatorConfig:
 
         Lists become tuples, so a config read back from JSON compares equal to the original.
         """
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            raise ValueError(f"unknown config key(s) for {cls.__name__}: {', '.join(unknown)}")
-        hints = typing.get_type_hints(cls)
-        clean = {}
-        for name, value in values.items():
-            clean[name] = coerce_value(name, value, hints[name])
-        config = cls(**clean)
+        config = cls(**typed_fields(cls, values, owner=cls.__name__))
         config.check_bounds()
         return config
 
@@ -93,29 +86,48 @@ def check_source_names(sources: tuple[str, ...]) -> None:
         raise ValueError(f"config key 'sources' names {', '.join(duplicates)} more than once")
 
 
-def coerce_value(name: str, value: Any, hint: Any) -> Any:
-    """Check one config value against its annotation; accept lists for tuples, ints for floats."""
+def typed_fields(
+    cls: type, values: dict[str, Any], label: str = "config key", owner: str = ""
+) -> dict[str, Any]:
+    """`values` for the dataclass `cls` (a config, training settings): every key one of its
+    fields, every value checked against the field's annotation (`coerce_value`). `label` and
+    `owner` name the keys in errors."""
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        where = f" for {owner}" if owner else ""
+        raise ValueError(f"unknown {label}(s){where}: {', '.join(unknown)}")
+    hints = typing.get_type_hints(cls)
+    return {name: coerce_value(name, value, hints[name], label) for name, value in values.items()}
+
+
+def coerce_value(name: str, value: Any, hint: Any, label: str = "config key") -> Any:
+    """Check one value against its annotation; accept lists for tuples, ints for floats, None
+    for `X | None`."""
     origin = typing.get_origin(hint)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config key '{name}' must be a list, got {type(value).__name__}")
+            raise ValueError(f"{label} '{name}' must be a list, got {type(value).__name__}")
         (item,) = set(typing.get_args(hint)) - {Ellipsis}
-        return tuple(coerce_value(name, v, item) for v in value)
+        return tuple(coerce_value(name, v, item, label) for v in value)
+    if origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint):
+        if value is None:
+            return None
+        (hint,) = set(typing.get_args(hint)) - {type(None)}
     if hint is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"config key '{name}' must be true or false, got {value!r}")
+            raise ValueError(f"{label} '{name}' must be true or false, got {value!r}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"config key '{name}' must be an integer, got {value!r}")
+            raise ValueError(f"{label} '{name}' must be an integer, got {value!r}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"config key '{name}' must be a number, got {value!r}")
+            raise ValueError(f"{label} '{name}' must be a number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ValueError(f"config key '{name}' must be a string, got {value!r}")
+            raise ValueError(f"{label} '{name}' must be a string, got {value!r}")
         return value
     return value
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 
 from eval.melody import average, melody_scores, mirex_contour
-from models.base import coerce_value
+from models.base import typed_fields
 from models.melody import MelodyConfig, MelodyTranscriber
 from sepcli import checkpoints, datasets, melody
 from sepcli.audio import adapt_channels
@@ -62,12 +61,7 @@ class MelodySettings:
     def from_dict(cls, values: dict[str, Any]) -> "MelodySettings":
         """From a preset's `training:` keys, each checked against its annotation as model
         configs are (lists become tuples, ints pass for floats)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown melody training key(s): {', '.join(unknown)}")
-        hints = typing.get_type_hints(cls)
-        return cls(**{k: coerce_value(k, v, hints[k]) for k, v in values.items()})
+        return cls(**typed_fields(cls, values, "melody training key"))
 
 
 HEAD_KEYS = ("head_channels", "head_hidden", "spectral_bins", "spectral_context", "midi_low",

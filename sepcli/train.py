@@ -19,7 +19,6 @@ import os
 import queue
 import threading
 import time
-import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from eval.metrics import global_sdr
-from models.base import Separator
+from models.base import Separator, typed_fields
 from sepcli import checkpoints
 from sepcli.allocator import keep_freed_memory
 from sepcli.data import RemixDataset
@@ -114,29 +113,7 @@ class TrainSettings:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainSettings":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown training key(s): {', '.join(unknown)}")
-        hints = typing.get_type_hints(cls)
-        return cls(**{name: _typed(name, value, hints[name]) for name, value in values.items()})
-
-
-def _typed(name: str, value: Any, hint: Any) -> Any:
-    """A training value checked against its annotation (ints pass for floats)."""
-    kinds = set(typing.get_args(hint)) or {hint}
-    if value is None and type(None) in kinds:
-        return None
-    if bool in kinds and isinstance(value, bool):
-        return value
-    if int in kinds and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if float in kinds and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if str in kinds and isinstance(value, str):
-        return value
-    wanted = " or ".join(sorted(k.__name__ for k in kinds))
-    raise ValueError(f"training key '{name}' must be {wanted}, got {one_line(repr(value), 80)}")
+        return cls(**typed_fields(cls, values, "training key"))
 
 
 def load_preset(architecture: str, preset: str | Path | None) -> dict[str, Any]:
