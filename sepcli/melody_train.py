@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soxr
 import torch
 
 from eval.melody import average, melody_scores, mirex_contour
@@ -54,8 +55,13 @@ class MelodySettings:
     own_accompaniment: float = 0.5  # share of examples over the clip's own accompaniment
     snr_db: tuple[float, float] = (-5.0, 5.0)  # voice over another accompaniment
     gain_db: tuple[float, float] = (0.0, 0.0)  # random level of each example's mix
+    pitch_shift: float = 0.0  # semitones: transpose each clip by up to this much, up or down
     head_only_steps: int = 0  # the first steps leave the trunk frozen
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.pitch_shift <= 12:
+            raise ValueError("melody training key 'pitch_shift' must lie in 0..12 semitones")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "MelodySettings":
@@ -66,7 +72,8 @@ class MelodySettings:
 
 HEAD_KEYS = ("head_channels", "head_hidden", "spectral_bins", "spectral_context", "midi_low",
              "midi_high", "bins_per_semitone", "blur_cents", "voicing_weight",
-             "salience_window", "salience_harmonics", "salience_channels")  # fmt: skip
+             "salience_window", "salience_harmonics", "salience_channels",
+             "pitch_smoothing")  # fmt: skip
 DEFAULT_PRESET = "salience"
 
 
@@ -146,7 +153,12 @@ class Examples:
     """Training batches: (mix [B, C, L], MIDI labels [B, frames], label mask [B, frames]).
 
     A remixed example's accompaniment comes from the clips' own dataset (weight 1) or one of
-    `accompaniments` (their weights), then a track of it, uniformly."""
+    `accompaniments` (their weights), then a track of it, uniformly.
+
+    With `pitch_shift` the clip (voice, and its own accompaniment with it, so the 0 dB mix stays
+    in tune) is resampled to play 2^(s/12) times faster, s uniform in +-`pitch_shift`: its pitch
+    rises by s semitones and its label is moved by s on a time axis squeezed by the same ratio,
+    so it stays exact. Eleven singers sound like more (their range and formants move)."""
 
     def __init__(self, clips: list[Clip], model: MelodyTranscriber, settings: MelodySettings,
                  rng: np.random.Generator,
@@ -166,10 +178,16 @@ class Examples:
         rate, hop = self.model.sample_rate, self.model.hop
         for b in range(size):
             clip = self.clips[self.rng.integers(len(self.clips))]
-            start = int(self.rng.integers(max(1, clip.voice.shape[-1] - self.length + 1)))
-            voice = _piece(clip.voice, start, self.length, channels)
+            shift = 0.0
+            if self.settings.pitch_shift:  # drawn only when asked: other runs keep their stream
+                shift = self.rng.uniform(-1, 1) * self.settings.pitch_shift
+            ratio = 2.0 ** (shift / 12)  # source samples per output sample
+            source = round(self.length * ratio)
+            start = int(self.rng.integers(max(1, clip.voice.shape[-1] - source + 1)))
+            voice = _resampled(_piece(clip.voice, start, source, channels), self.length)
             if self.rng.random() < self.settings.own_accompaniment:
-                backing = _piece(clip.accompaniment, start, self.length, channels)
+                backing = _piece(clip.accompaniment, start, source, channels)
+                backing = _resampled(backing, self.length)
             else:
                 pool = self.pools[self.rng.choice(len(self.pools), p=self.pool_chances)]
                 other = pool[self.rng.integers(len(pool))]
@@ -179,9 +197,10 @@ class Examples:
                 if _rms(backing) > 1e-3:  # a silent stretch is left silent, not blown up
                     backing = backing * (_rms(voice) / _rms(backing) * 10 ** (-snr / 20))
             mix[b] = (voice + backing) * 10 ** (self.rng.uniform(*self.settings.gain_db) / 20)
-            real = min(self.length, clip.voice.shape[-1] - start)
-            times = (start + np.arange(self.frames) * hop) / rate
-            midi[b] = melody.labels_on_frames(clip.label_times, clip.label_midi, times)
+            real = min(self.length, (clip.voice.shape[-1] - start) / ratio)
+            times = (start + np.arange(self.frames) * hop * ratio) / rate
+            label = melody.labels_on_frames(clip.label_times, clip.label_midi, times)
+            midi[b] = np.where(label > 0, label + shift, 0.0)
             mask[b] = np.arange(self.frames) * hop < real
         return torch.from_numpy(mix), torch.from_numpy(midi), torch.from_numpy(mask)
 
@@ -193,6 +212,14 @@ def _piece(audio: np.ndarray, start: int, length: int, channels: int) -> np.ndar
     if x.shape[-1] < length:
         x = np.pad(x, ((0, 0), (0, length - x.shape[-1])))
     return x
+
+
+def _resampled(x: np.ndarray, length: int) -> np.ndarray:
+    """[C, n] -> [C, length], the same sound played `n / length` times faster (soxr)."""
+    if x.shape[-1] == length:
+        return x
+    y = soxr.resample(x.T, x.shape[-1], length, quality="HQ").T[:, :length]
+    return np.pad(y, ((0, 0), (0, length - y.shape[-1])))
 
 
 def _rms(x: np.ndarray) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import types
 
 import numpy as np
@@ -257,10 +258,13 @@ def test_melody_presets_set_the_head_and_the_training(tmp_path):
     bad.write_text("model:\n  dim: 64\n")
     with pytest.raises(CheckpointError, match="dim"):
         melody_train.load_preset(str(bad))
-    with pytest.raises(CheckpointError, match="have: paper, salience, spectral"):
+    with pytest.raises(CheckpointError, match="have: paper, salience, spectral, transpose"):
         melody_train.load_preset("huge")
     with pytest.raises(ValueError, match="stepz"):
         melody_train.MelodySettings.from_dict({"stepz": 3})
+    with pytest.raises(ValueError, match="pitch_shift"):
+        melody_train.MelodySettings.from_dict({"pitch_shift": -2})
+    assert melody_train.load_preset("transpose")[1]["pitch_shift"] == 3.0
 
 
 def test_training_mixes_get_the_random_level_and_keep_their_labels():
@@ -406,3 +410,86 @@ def test_salience_config_keys_are_checked():
                 {"salience_harmonics": [0.0, 1.0]}, {"salience_channels": 0}):  # fmt: skip
         with pytest.raises(ValueError, match="salience"):
             MelodyConfig.from_dict({**SALIENCE, **bad})
+
+
+def test_a_pitch_shifted_example_sounds_at_its_moved_label_frame_by_frame():
+    """A tone at A3 that jumps to E4 halfway: transposed by up to 3 semitones (voice and own
+    backing alike), every frame's label still names the pitch heard there, and the jump moves in
+    time with the speed change."""
+    from sepcli import melody_train
+
+    rate = 44100
+    t = np.arange(3 * rate) / rate
+    hz = np.where(t < 1.5, 220.0, 329.63)
+    voice = (0.5 * np.sin(2 * np.pi * np.cumsum(hz) / rate))[None].astype(np.float16)
+    times = 0.02 + 0.02 * np.arange(149)
+    midi = np.where(times < 1.5, 57.0, 69 + 12 * np.log2(329.63 / 440))
+    clip = melody_train.Clip("a", voice, 0.2 * voice, times, midi)
+    model = tiny()
+    settings = melody_train.MelodySettings(batch_size=12, segment=1.0, own_accompaniment=1.0,
+                                           pitch_shift=3.0)  # fmt: skip
+    mix, labels, mask = melody_train.Examples(
+        [clip], model, settings, np.random.default_rng(2)
+    ).batch()
+    window, checked, moved = 4096, 0, 0
+    for b in range(mix.shape[0]):
+        audio = mix[b, 0].double().numpy()
+        for f in range(2, labels.shape[1] - 2):
+            around = labels[b, f - 2 : f + 3]
+            centre = f * model.hop
+            if not (mask[b, f] and (around == around[0]).all() and around[0] > 0):
+                continue
+            if centre - window // 2 < 0 or centre + window // 2 > audio.shape[0]:
+                continue
+            piece = audio[centre - window // 2 : centre + window // 2] * np.hanning(window)
+            spectrum = np.abs(np.fft.rfft(piece, 32 * window))
+            heard = 69 + 12 * np.log2(np.argmax(spectrum) * rate / (32 * window) / 440)
+            assert abs(heard - float(labels[b, f])) < 0.1, (b, f, heard, float(labels[b, f]))
+            checked += 1
+            moved += min(abs(float(labels[b, f]) - 57), abs(float(labels[b, f]) - 64.02)) > 0.5
+    assert checked > 200 and moved > 100
+
+
+def glide_leap_and_strays(frames: int = 200) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Log-probabilities [frames, 241] around a true bin path (a glide from bin 60 to 90, then a
+    leap of 18 semitones held), and frames where a stray peak (bin 200) outscores the truth."""
+    truth = np.where(np.arange(frames) < frames // 2,
+                     60 + np.round(np.arange(frames) * 30 / (frames // 2)), 180).astype(int)  # fmt: skip
+    bins = np.arange(241)
+    log_probs = -0.5 * ((bins[None] - truth[:, None]) / 2.0) ** 2 - 3.0
+    strays = [50, 51, 150, 171]
+    log_probs[strays, 200] = -0.5
+    log_probs -= np.log(np.exp(log_probs).sum(1, keepdims=True))
+    return log_probs, truth, strays
+
+
+def test_the_viterbi_path_rides_through_stray_frames_and_keeps_a_held_leap():
+    from models.melody import viterbi_pitch_path
+
+    log_probs, truth, strays = glide_leap_and_strays()
+    assert (log_probs.argmax(1)[strays] == 200).all()  # frame by frame, the strays win
+    path = viterbi_pitch_path(log_probs, bins_per_semitone=5)
+    assert np.abs(path - truth).max() <= 1
+    # a leap the frames insist on is taken at once, not glided into
+    assert path[99] <= 91 and path[100] >= 179
+
+
+def test_pitch_smoothing_decodes_each_sequence_along_its_path():
+    model = tiny()
+    log_probs, truth, strays = glide_leap_and_strays()
+    voicing = np.full((len(truth), 1), 2.0)
+    one = np.concatenate([log_probs, voicing], 1)
+    two = np.concatenate([log_probs[::-1], voicing], 1)  # the same sequence played backwards
+    logits = torch.from_numpy(np.stack([one, two])).float()
+    plain, _ = model.decode(logits)
+    model.config = dataclasses.replace(model.config, pitch_smoothing=True)
+    smooth, voiced = model.decode(logits)
+    grid = model.pitch_grid.numpy()
+    stray_pitch = grid[200]
+    assert np.allclose(plain[0, strays].numpy(), stray_pitch, atol=0.5)
+    assert np.abs(smooth[0].numpy() - grid[truth]).max() < 0.3
+    assert np.abs(smooth[1].numpy() - grid[truth[::-1]]).max() < 0.3
+    assert torch.allclose(voiced, torch.sigmoid(torch.tensor(2.0)).expand(2, len(truth)))
+    # a lone frame is decoded as before: no path through one frame
+    single, _ = model.decode(logits[0, 50])
+    assert abs(float(single) - stray_pitch) < 0.5
