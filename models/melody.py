@@ -217,9 +217,11 @@ class MelodyTranscriber(nn.Module):
         the frames axis (-2)."""
         probs = torch.softmax(logits[..., :-1].float(), dim=-1)
         if self.config.pitch_smoothing and probs.dim() >= 2:
-            paths = [viterbi_pitch_path(torch.log(p + 1e-12).numpy(), self.config.bins_per_semitone)
-                     for p in probs.reshape(-1, *probs.shape[-2:])]  # fmt: skip
-            centre = torch.from_numpy(np.stack(paths)).reshape(probs.shape[:-1])[..., None]
+            # the path is a sequential loop: numpy on the CPU, whatever the logits' device
+            sequences = torch.log(probs + 1e-12).cpu().reshape(-1, *probs.shape[-2:]).numpy()
+            paths = [viterbi_pitch_path(s, self.config.bins_per_semitone) for s in sequences]
+            centre = torch.from_numpy(np.stack(paths)).to(probs.device)
+            centre = centre.reshape(probs.shape[:-1])[..., None]
         else:
             centre = probs.argmax(-1, keepdim=True)
         span = torch.arange(-4, 5, device=probs.device)

@@ -274,6 +274,15 @@ def adapt_channels(block: np.ndarray, channels: int, downmix: bool) -> np.ndarra
     return np.repeat(block.mean(axis=0, keepdims=True), channels, axis=0)
 
 
+def fit_length(x: np.ndarray, length: int) -> np.ndarray:
+    """[C, n] -> [C, length]: the same sound played `n / length` times faster (soxr), cut or
+    zero-padded to exactly `length` (speed and pitch augmentation)."""
+    if x.shape[-1] == length:
+        return x
+    y = soxr.resample(x.T, x.shape[-1], length, quality="HQ").T[:, :length]
+    return np.pad(y, ((0, 0), (0, length - y.shape[-1])))
+
+
 class Resampler:
     """Streaming soxr resampler for [C, n] blocks; a pass-through when the rates match."""
 

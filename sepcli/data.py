@@ -17,6 +17,7 @@ import numpy as np
 import soxr
 
 from eval.musdb import layout_hint
+from sepcli.audio import fit_length
 from sepcli.datasets import ATOMS, FULL_BAND, TARGET_ATOMS, Track, target_groups
 
 STEMS = ("vocals", "drums", "bass", "other")
@@ -163,11 +164,7 @@ class RemixDataset:
                      else piece.mean(axis=0, keepdims=True))  # fmt: skip
         if piece.shape[-1] < length:
             piece = np.pad(piece, ((0, 0), (0, length - piece.shape[-1])))
-        if length != self.segment:
-            piece = soxr.resample(piece.T, length, self.segment, quality="HQ").T
-            piece = piece[:, : self.segment]
-            piece = np.pad(piece, ((0, 0), (0, self.segment - piece.shape[-1])))
-        return piece
+        return fit_length(piece, self.segment)
 
     def _offset(self, rng: np.random.Generator, track: Track, length: int) -> int:
         return int(rng.integers(0, max(1, track.length - length + 1)))

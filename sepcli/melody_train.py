@@ -26,14 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soxr
 import torch
 
 from eval.melody import average, melody_scores, mirex_contour
 from models.base import typed_fields
 from models.melody import MelodyConfig, MelodyTranscriber
 from sepcli import checkpoints, datasets, melody
-from sepcli.audio import adapt_channels
+from sepcli.audio import adapt_channels, fit_length
 from sepcli.files import atomic_write
 from sepcli.transcribe import (
     frame_contour,
@@ -184,10 +183,10 @@ class Examples:
             ratio = 2.0 ** (shift / 12)  # source samples per output sample
             source = round(self.length * ratio)
             start = int(self.rng.integers(max(1, clip.voice.shape[-1] - source + 1)))
-            voice = _resampled(_piece(clip.voice, start, source, channels), self.length)
+            voice = fit_length(_piece(clip.voice, start, source, channels), self.length)
             if self.rng.random() < self.settings.own_accompaniment:
                 backing = _piece(clip.accompaniment, start, source, channels)
-                backing = _resampled(backing, self.length)
+                backing = fit_length(backing, self.length)
             else:
                 pool = self.pools[self.rng.choice(len(self.pools), p=self.pool_chances)]
                 other = pool[self.rng.integers(len(pool))]
@@ -212,14 +211,6 @@ def _piece(audio: np.ndarray, start: int, length: int, channels: int) -> np.ndar
     if x.shape[-1] < length:
         x = np.pad(x, ((0, 0), (0, length - x.shape[-1])))
     return x
-
-
-def _resampled(x: np.ndarray, length: int) -> np.ndarray:
-    """[C, n] -> [C, length], the same sound played `n / length` times faster (soxr)."""
-    if x.shape[-1] == length:
-        return x
-    y = soxr.resample(x.T, x.shape[-1], length, quality="HQ").T[:, :length]
-    return np.pad(y, ((0, 0), (0, length - y.shape[-1])))
 
 
 def _rms(x: np.ndarray) -> float:
