@@ -474,8 +474,7 @@ class StemWriter:
 
     def _drop_raw(self) -> None:
         """Remove the raw temp file, then close it (which releases its lock)."""
-        with contextlib.suppress(FileNotFoundError):
-            self.raw_path.unlink()
+        remove_temp(self.raw_path)
         if not self.raw.closed:
             with contextlib.suppress(OSError):
                 self.raw.close()

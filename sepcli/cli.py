@@ -970,6 +970,7 @@ def main() -> None:
     if sys.platform == "darwin":
         os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
     from sepcli.errors import describe
+    from sepcli.files import remove_live_temps
     from sepcli.messages import one_line
 
     # SIGINT too: click would turn a KeyboardInterrupt into a silent Abort.
@@ -980,11 +981,10 @@ def main() -> None:
         # Without standalone mode click returns typer.Exit codes instead of exiting.
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else EXIT_OK)
-    except Interrupted as sig:
-        _say(f"sepcli: interrupted ({sig}); {interrupted_outcome(sys.argv)}")
-        sys.exit(EXIT_INTERRUPTED)
-    except KeyboardInterrupt:
-        _say(f"sepcli: interrupted; {interrupted_outcome(sys.argv)}")
+    except (Interrupted, KeyboardInterrupt) as sig:
+        remove_live_temps()  # what the writers' own clean-up could not know of
+        named = f" ({sig})" if isinstance(sig, Interrupted) else ""
+        _say(f"sepcli: interrupted{named}; {interrupted_outcome(sys.argv)}")
         sys.exit(EXIT_INTERRUPTED)
     except SystemExit:
         raise

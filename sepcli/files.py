@@ -22,6 +22,7 @@ import errno
 import fcntl
 import os
 import re
+import signal
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -30,6 +31,9 @@ from pathlib import Path
 TEMP_SUFFIXES = (".raw.part", ".wav.part", ".flac.part", ".mp3.part", ".part")
 RANDOM_CHARS = 8  # what mkstemp puts between prefix and suffix
 _locked_fds: dict[str, int] = {}  # temp path -> the descriptor that holds its lock
+# Temp files this process made and has not yet renamed into place or removed.
+_live_temps: set[str] = set()
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 def _name_limit(folder: Path) -> int:
@@ -52,9 +56,24 @@ def _temp_prefix(path: Path, suffix: str) -> str:
 def temp_beside(path: Path, suffix: str = ".part") -> tuple[int, Path]:
     """An open descriptor and the name of a new hidden temp file in `path`'s folder, locked."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path, suffix), suffix=suffix, dir=path.parent)
+    # Stop signals wait while the file is made and recorded: one landing in between would
+    # leave a temp file that `remove_live_temps` does not know of.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        prefix = _temp_prefix(path, suffix)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+        _live_temps.add(tmp)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     return fd, Path(tmp)
+
+
+def remove_live_temps() -> None:
+    """Remove every temp file this process made and has not renamed into place: the last
+    step of an interrupted run, for a signal that landed before a writer knew its temp file."""
+    for tmp in list(_live_temps):
+        remove_temp(Path(tmp))
 
 
 def locked_temp_beside(path: Path, suffix: str = ".part") -> Path:
@@ -76,6 +95,7 @@ def remove_temp(tmp: Path) -> None:
     """Delete a temp file of ours and drop its lock."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
+    _live_temps.discard(str(tmp))
     release_temp(tmp)
 
 
@@ -83,6 +103,7 @@ def replace_into_place(tmp: Path, path: Path) -> None:
     """Give `tmp` the usual mode for a new file and rename it over `path` in one step."""
     os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
+    _live_temps.discard(str(tmp))
 
 
 def _umask() -> int:

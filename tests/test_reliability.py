@@ -1136,3 +1136,24 @@ def test_models_import_refuses_to_write_over_its_own_input(tmp_path, capsys, mon
                            "-o", out)  # fmt: skip
         assert code == 2 and "itself" in err, err
     assert ckpt.read_bytes() == b"the user's checkpoint"
+
+
+def test_an_interrupted_run_removes_the_temp_files_it_made_and_only_those(tmp_path):
+    """A signal can land after a temp file is made but before its writer records it; the CLI's
+    last step on an interrupt removes every temp file the process still has, and never a file
+    already renamed into place."""
+    from sepcli import files
+
+    target, kept = tmp_path / "a.wav", tmp_path / "b.wav"
+    fd, orphan = files.temp_beside(target, ".wav.part")  # its writer never learnt its name
+    os.close(fd)
+    fd, done = files.temp_beside(kept, ".wav.part")
+    os.write(fd, b"whole")
+    os.close(fd)
+    files.replace_into_place(done, kept)
+    other = tmp_path / ".c.wav.12345678.wav.part"  # not this process's: left to stale_temps
+    other.write_bytes(b"")
+    files.remove_live_temps()
+    assert not orphan.exists() and kept.read_bytes() == b"whole" and other.exists()
+    files.remove_live_temps()  # nothing left to do
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".c.wav.12345678.wav.part", "b.wav"]
