@@ -71,6 +71,10 @@ class MelodyConfig(MelRoFormerConfig):
     # Decode pitch as the most likely path through the frames (`viterbi_pitch_path`), not
     # frame by frame: a lone frame cannot hop to the accompaniment and back.
     pitch_smoothing: bool = False
+    # Test-time transpositions (semitones, whole, non-zero): decoding also hears the mix played
+    # this much higher or lower and averages the passes (`sepcli.transcribe.averaged_log_probs`);
+    # each costs one more pass of the network. Empty: one pass, as trained.
+    test_transpositions: tuple[float, ...] = ()  # floats: a config's ints must be >= 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -97,6 +101,14 @@ class MelodyConfig(MelRoFormerConfig):
             raise ValueError("config key 'salience_harmonics' needs 1-16 harmonics in (0, 32]")
         if not 1 <= self.salience_channels <= 256:
             raise ValueError("config key 'salience_channels' must lie in 1..256")
+        shifts = self.test_transpositions
+        if (
+            len(shifts) > 8
+            or len(set(shifts)) < len(shifts)
+            or not all(s != 0 and s == round(s) and -12 <= s <= 12 for s in shifts)
+        ):
+            raise ValueError("config key 'test_transpositions' takes up to 8 distinct whole "
+                             "semitones in -12..12, without 0 (the plain pass always runs)")  # fmt: skip
 
     @property
     def bins(self) -> int:

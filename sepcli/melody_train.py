@@ -72,7 +72,7 @@ class MelodySettings:
 HEAD_KEYS = ("head_channels", "head_hidden", "spectral_bins", "spectral_context", "midi_low",
              "midi_high", "bins_per_semitone", "blur_cents", "voicing_weight",
              "salience_window", "salience_harmonics", "salience_channels",
-             "pitch_smoothing")  # fmt: skip
+             "pitch_smoothing", "test_transpositions")  # fmt: skip
 DEFAULT_PRESET = "salience"
 
 
@@ -245,13 +245,17 @@ def calibrate_voicing(model: MelodyTranscriber, clips: list[Clip]) -> tuple[floa
 
 
 def _contours(model: MelodyTranscriber, clips: list[Clip]) -> list[tuple[np.ndarray, np.ndarray]]:
-    was_training = model.training
+    """Validation during training hears each clip once: the model's `test_transpositions` (kept
+    in its checkpoints, and used by `calibrate_best` at the end) would multiply its cost."""
+    was_training, config = model.training, model.config
     model.eval()
+    model.config = dataclasses.replace(config, test_transpositions=())
     try:
         return [scoring_contour(model, clip_mixture(c, model.audio_channels), model.sample_rate)
                 for c in clips]  # fmt: skip
     finally:
         model.train(was_training)
+        model.config = config
 
 
 def _scores(clip: Clip, times: np.ndarray, hz: np.ndarray) -> dict[str, float]:

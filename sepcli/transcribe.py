@@ -15,7 +15,7 @@ import torch
 from eval.melody import mirex_contour
 from models.melody import MelodyConfig, MelodyTranscriber
 from sepcli import batch, checkpoints, melody
-from sepcli.audio import Resampler, adapt_channels, load
+from sepcli.audio import Resampler, adapt_channels, fit_length, load
 from sepcli.checkpoints import CheckpointError
 
 ARCHITECTURE = "melody"
@@ -88,6 +88,49 @@ def frame_logits(model: MelodyTranscriber, audio: np.ndarray, chunk_seconds: flo
     return (acc[:frames] / weight[:frames]).numpy()
 
 
+def averaged_log_probs(model: MelodyTranscriber, audio: np.ndarray) -> np.ndarray:
+    """[frames, bins + 1] of a track [C, T] at the model's rate: pitch log-probabilities, then
+    the voicing logit. With the config's `test_transpositions` (test-time augmentation) the
+    track is also heard transposed (`transposed_pass`) and the passes are averaged, each bin
+    over the passes whose grid holds it. One pass hears a voice at one place of its range and
+    formants; the passes together, as the model trained with `pitch_shift`, at several."""
+    frames, bins = model.frames(audio.shape[-1]), model.config.bins
+    total, count = np.zeros((frames, bins + 1)), np.zeros((1, bins + 1))
+    for semitones in (0, *model.config.test_transpositions):
+        rows, covered = transposed_pass(model, audio, semitones)
+        total[:, covered] += rows[:, covered]
+        count[:, covered] += 1
+    return (total / count).astype(np.float32)
+
+
+def transposed_pass(
+    model: MelodyTranscriber, audio: np.ndarray, semitones: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The track [C, T] heard `semitones` higher (played 2^(s/12) times faster, soxr), read
+    back on the original track's frames and pitch grid: (rows [frames, bins + 1] as in
+    `averaged_log_probs`, the columns [bins + 1] this pass covers; a pitch moved past the
+    grid's ends is not heard)."""
+    frames, bins = model.frames(audio.shape[-1]), model.config.bins
+    ratio = 2.0 ** (semitones / 12)
+    heard = audio if semitones == 0 else fit_length(audio, round(audio.shape[-1] / ratio))
+    logits = torch.from_numpy(frame_logits(model, np.ascontiguousarray(heard)))
+    rows = torch.cat([torch.log_softmax(logits[:, :-1], -1), logits[:, -1:]], -1).numpy()
+    # original frame k (time k hop / rate) is heard at the transposed track's frame k / ratio
+    position = np.clip(np.arange(frames) / ratio, 0, len(rows) - 1)
+    left = np.floor(position).astype(int)
+    right = np.minimum(left + 1, len(rows) - 1)
+    frac = (position - left)[:, None]
+    rows = (1 - frac) * rows[left] + frac * rows[right]
+    shift = round(semitones) * model.config.bins_per_semitone  # its bin b + shift is bin b
+    back = np.zeros_like(rows)
+    covered = np.zeros(bins + 1, bool)
+    covered[max(0, -shift) : min(bins, bins - shift)] = True
+    covered[-1] = True  # the voicing logit
+    back[:, :bins][:, covered[:bins]] = rows[:, :bins][:, np.roll(covered[:bins], shift)]
+    back[:, -1] = rows[:, -1]
+    return back, covered
+
+
 def frame_contour(
     model: MelodyTranscriber, audio: np.ndarray, rate: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -96,7 +139,7 @@ def frame_contour(
     x = adapt_channels(audio, model.audio_channels, downmix=True)
     if rate != model.sample_rate:
         x = Resampler(rate, model.sample_rate, x.shape[0])(x, last=True)
-    logits = torch.from_numpy(frame_logits(model, x))
+    logits = torch.from_numpy(averaged_log_probs(model, x))
     pitch, voicing = model.decode(logits)
     pitch, voicing = pitch.numpy().astype(np.float64), voicing.numpy().astype(np.float64)
     return np.arange(len(pitch)) * model.hop / model.sample_rate, pitch, voicing

@@ -493,3 +493,92 @@ def test_pitch_smoothing_decodes_each_sequence_along_its_path():
     # a lone frame is decoded as before: no path through one frame
     single, _ = model.decode(logits[0, 50])
     assert abs(float(single) - stray_pitch) < 0.5
+
+
+def hearing_oracle(model: MelodyTranscriber, audio: np.ndarray) -> np.ndarray:
+    """A stand-in for the network's logits: each frame's loudest frequency (zero-padded FFT of a
+    Hann window at the frame's centre) as a sharp peak on the pitch grid, voiced where loud."""
+    grid, window = model.pitch_grid.numpy(), 2048
+    x = np.pad(audio.mean(0), window // 2)
+    rows = []
+    for f in range(model.frames(audio.shape[-1])):
+        piece = x[f * model.hop : f * model.hop + window] * np.hanning(window)
+        spectrum = np.abs(np.fft.rfft(piece, 16 * window))
+        hz = max(np.argmax(spectrum), 1) * model.sample_rate / (16 * window)
+        heard = 69 + 12 * np.log2(hz / 440)
+        loud = np.sqrt(np.mean(piece**2)) > 0.01
+        rows.append([*(-(((grid - heard) / 0.1) ** 2)), 3.0 if loud else -3.0])
+    return np.array(rows, dtype=np.float32)
+
+
+@pytest.mark.parametrize("shifts", [(1, 2), (-3,)])
+def test_test_time_transpositions_are_read_back_at_the_original_pitch_and_time(monkeypatch, shifts):
+    """A tone at C4 that jumps to E4 at 1 s, heard also 1 and 2 (or 3 down) semitones higher:
+    each pass, moved back in pitch and time, agrees with the plain one, so their average keeps
+    C4 before the jump and E4 after it, to a frame. Shifts on one side only, so a pass moved
+    the wrong way (or read at the wrong time) cannot cancel against its mirror image."""
+    from sepcli import transcribe
+
+    monkeypatch.setattr(transcribe, "frame_logits", hearing_oracle)
+    model = tiny()
+    rate = model.sample_rate
+    t = np.arange(2 * rate) / rate
+    hz = np.where(t < 1.0, 261.63, 329.63)
+    tone = (0.5 * np.sin(2 * np.pi * np.cumsum(hz) / rate)).astype(np.float32)
+    audio = np.stack([tone, tone])
+    plain = transcribe.averaged_log_probs(model, audio)
+    model.config = dataclasses.replace(model.config, test_transpositions=shifts)
+    averaged = transcribe.averaged_log_probs(model, audio)
+    assert averaged.shape == plain.shape == (model.frames(len(t)), model.config.bins + 1)
+    pitch, voicing = model.decode(torch.from_numpy(averaged))
+    frame_times = np.arange(len(pitch)) * model.hop / rate
+    truth = np.where(frame_times < 1.0, 60.0, 64.0)
+    away = (np.abs(frame_times - 1.0) > 1.5 * model.hop / rate) & (frame_times > 0.05)
+    away &= frame_times < 1.95
+    assert np.abs(pitch.numpy()[away] - truth[away]).max() < 0.1
+    assert (voicing.numpy()[away] > 0.9).all()
+    # each pass alone puts the tone where the plain pass does
+    for s in shifts:
+        model.config = dataclasses.replace(model.config, test_transpositions=(s,))
+        two = transcribe.averaged_log_probs(model, audio)
+        single = 2 * two[:, :-1] - plain[:, :-1]  # the transposed pass, moved back
+        inside = slice(max(0, -s * 5), model.config.bins - max(0, s * 5))
+        assert (np.argmax(single[away, inside], 1) == np.argmax(plain[away, inside], 1)).all()
+
+
+def test_test_transpositions_are_checked():
+    for bad in ([0], [13], [1, 1], [0.5], list(range(1, 10))):
+        with pytest.raises(ValueError, match="test_transpositions"):
+            MelodyConfig.from_dict({**TRUNK, "test_transpositions": bad})
+    assert MelodyConfig.from_dict(
+        {**TRUNK, "test_transpositions": [-2, 1]}
+    ).test_transpositions == (-2, 1)
+
+
+def test_validation_during_training_hears_each_clip_once(monkeypatch):
+    """A model with test-time transpositions is validated on one pass per clip (they would
+    multiply the cost of every validation) and keeps them afterwards."""
+    from sepcli import melody_train, transcribe
+
+    calls = []
+
+    def counting(model, audio):
+        calls.append(audio.shape[-1])
+        return hearing_oracle(model, audio)
+
+    monkeypatch.setattr(transcribe, "frame_logits", counting)
+    model = tiny()
+    model.config = dataclasses.replace(model.config, test_transpositions=(-1.0, 1.0))
+    rate = model.sample_rate
+    t = np.arange(rate) / rate
+    voice = (0.5 * np.sin(2 * np.pi * 220.0 * t))[None].astype(np.float16)
+    times = 0.02 + 0.02 * np.arange(49)
+    clips = [
+        melody_train.Clip(f"c{i}", voice, 0 * voice, times, np.full(49, 57.0)) for i in range(3)
+    ]
+    scores = melody_train.validate(model, clips)
+    assert calls == [rate] * 3
+    assert scores["raw_pitch_accuracy"] > 0.95
+    assert model.config.test_transpositions == (-1.0, 1.0)
+    transcribe.frame_contour(model, voice.astype(np.float32), rate)  # decoding uses all three
+    assert len(calls) == 6
