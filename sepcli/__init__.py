@@ -10,7 +10,15 @@ so that `sepcli --help` does not wait for torch.
 
 __version__ = "0.1.0"
 
-_API = ("load", "load_ensemble", "separate_files", "Separator")
+_API = (
+    "load",
+    "load_ensemble",
+    "separate_files",
+    "Separator",
+    "load_transcriber",
+    "transcribe_files",
+    "Transcriber",
+)
 
 
 def __getattr__(name: str):

@@ -7,6 +7,12 @@
     for result in sepcli.separate_files(["a.wav", "b.wav"], model=sep, out="stems/"):
         print(result["input"], result["status"])
 
+And the sung melody (`sepcli transcribe`):
+
+    tr = sepcli.load_transcriber("melody")             # fast=True: one pass, as --fast
+    mel = tr.transcribe(audio, sample_rate)            # times, f0 (Hz, 0 unvoiced), confidence, notes
+    for result in sepcli.transcribe_files(["a.wav"], model=tr, out="transcribed/"): ...
+
 Names follow the command line (segment in seconds, overlap, shifts, tta, stems, two_stems), and
 so do the errors: the exceptions the CLI prints as one line (`UsageError`, `AudioError`,
 `CheckpointError`, `EngineError`). `sepcli separate` is this module plus a progress bar.
@@ -22,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sepcli import batch, checkpoints
+from sepcli import batch, checkpoints, melody
 from sepcli.audio import (
     DEFAULT_BIT_DEPTH,
     DEFAULT_MP3_KBPS,
@@ -365,4 +371,82 @@ def _fit(part: np.ndarray, length: int) -> np.ndarray:
     return np.pad(part, ((0, 0), (0, length - part.shape[-1])))
 
 
-__all__ = ["Plan", "Separator", "load", "load_ensemble", "plan", "run", "separate_files"]
+@dataclasses.dataclass(frozen=True)
+class Melody:
+    """A transcribed melody: per model frame (11.6 ms for the embedded model) the time in
+    seconds, f0 in Hz (0 where unvoiced) and the voicing probability, as `melody.csv` holds
+    them; and the notes segmented from it, as `notes.csv`."""
+
+    times: np.ndarray
+    f0: np.ndarray
+    confidence: np.ndarray
+    notes: list[melody.Note]
+
+
+@dataclasses.dataclass
+class Transcriber:
+    """A loaded melody model (`models.melody.MelodyTranscriber`). Make one with
+    `load_transcriber`."""
+
+    name: str
+    model: torch.nn.Module
+    metadata: dict[str, Any]
+
+    def transcribe(
+        self,
+        audio: np.ndarray | torch.Tensor,
+        sample_rate: int,
+        voicing_threshold: float | None = None,
+        min_note: float = 0.1,
+    ) -> Melody:
+        """The melody of `audio` ([C, T] or [T] float, any rate; resampled to the model's).
+        `voicing_threshold`: the voicing probability from which a frame is sung (default: the
+        model's own); `min_note`: the shortest note kept, in seconds."""
+        from sepcli.transcribe import transcribe_audio
+
+        x = _as_array(audio)
+        if x.shape[-1] == 0:
+            raise AudioError("no audio: the array has no samples")
+        if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+            raise AudioError(f"sample_rate must be a positive whole number, got {sample_rate!r}")
+        times, midi, voicing = transcribe_audio(self.model, x, int(sample_rate), voicing_threshold)
+        notes = melody.notes_from_contour(times, midi, min_duration=min_note)
+        return Melody(times, melody.midi_to_hz(midi), voicing, notes)
+
+
+def load_transcriber(model: str = "melody", fast: bool = False) -> Transcriber:
+    """The embedded `melody` model or a melody checkpoint (CheckpointError otherwise). With
+    `fast` it hears each track once, without the model's test-time transpositions."""
+    from sepcli.transcribe import load_melody
+
+    name, transcriber, metadata = load_melody(model)
+    if fast:
+        transcriber.config = dataclasses.replace(transcriber.config, test_transpositions=())
+    return Transcriber(name, transcriber, metadata)
+
+
+def transcribe_files(
+    inputs: Iterable[str | Path],
+    model: Transcriber | str = "melody",
+    out: str | Path = "transcribed",
+    recursive: bool = False,
+    overwrite: bool = False,
+    min_note: float = 0.1,
+    voicing_threshold: float | None = None,
+    fast: bool = False,
+    raise_unexpected: bool = False,
+) -> Iterator[dict]:
+    """Transcribe files, folders (with `recursive`) and glob patterns into
+    `out/<model>/<track>/{melody.csv,notes.csv,notes.mid}`, yielding one result per track as
+    `sepcli transcribe --json` lists them; finished tracks are skipped unless `overwrite`, and
+    a failing track is reported and the rest go on. `fast` applies to a model given by name."""
+    from sepcli import transcribe as runner
+
+    transcriber = model if isinstance(model, Transcriber) else load_transcriber(model, fast)
+    tracks, _ = runner.plan([str(i) for i in inputs], transcriber.name, Path(out), recursive)
+    return runner.run(tracks, transcriber.model, overwrite, min_note, None, raise_unexpected,
+                      voicing_threshold)  # fmt: skip
+
+
+__all__ = ["Melody", "Plan", "Separator", "Transcriber", "load", "load_ensemble",
+           "load_transcriber", "plan", "run", "separate_files", "transcribe_files"]  # fmt: skip

@@ -8,7 +8,6 @@ and an exit code here, in `main`: 0 all done or skipped, 1 some inputs failed, 2
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import signal
@@ -312,11 +311,11 @@ def transcribe(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from sepcli import transcribe as runner
+    from sepcli.api import load_transcriber
     from sepcli.messages import shown
 
-    name, melody_model, _ = runner.load_melody(model)
-    if fast:
-        melody_model.config = dataclasses.replace(melody_model.config, test_transpositions=())
+    loaded = load_transcriber(model, fast)
+    name, melody_model = loaded.name, loaded.model
     tracks, notes = runner.plan(inputs, name, out, recursive)
     for note in notes:
         err_console.print(f"sepcli: {note}")

@@ -270,3 +270,40 @@ def test_the_embedded_melody_model_transcribes_held_out_singers():
     mix, solo = average(mixes), average(solos)
     assert mix["raw_pitch_accuracy"] > 0.88 and mix["overall_accuracy"] > 0.75
     assert solo["raw_pitch_accuracy"] > 0.93 and solo["voicing_false_alarm"] < 0.08
+
+
+def test_the_python_api_transcribes_arrays_and_files(tmp_path):
+    """`sepcli.load_transcriber` and `transcribe_files`: a sung-like tone at A3 comes back as
+    frames at A3 and one long A3 note; files get the CLI's three outputs; bad input is refused
+    with the CLI's errors."""
+    import sepcli
+    from sepcli.audio import AudioError
+    from sepcli.checkpoints import CheckpointError
+
+    rate = 44100
+    t = np.arange(3 * rate) / rate
+    tone = sum(0.2 / k * np.sin(2 * np.pi * 220.0 * k * t) for k in range(1, 6))
+    tone = (tone * (1 + 0.01 * np.sin(2 * np.pi * 5 * t))).astype(np.float32)
+    full, fast = sepcli.load_transcriber(), sepcli.load_transcriber("melody", fast=True)
+    assert full.model.config.test_transpositions == (-2.0, -1.0, 1.0, 2.0)
+    assert fast.model.config.test_transpositions == ()
+    mel = full.transcribe(torch.from_numpy(np.stack([tone, tone])), rate)
+    assert len(mel.times) == len(mel.f0) == len(mel.confidence) == full.model.frames(len(t))
+    voiced = mel.f0 > 0
+    assert voiced.mean() > 0.8
+    assert np.abs(12 * np.log2(mel.f0[voiced] / 220.0)).max() < 0.3
+    assert [n.pitch for n in mel.notes if n.offset - n.onset > 2.0] == [57]
+    sf.write(tmp_path / "a.wav", tone, rate)
+    (results,) = list(sepcli.transcribe_files([tmp_path / "a.wav"], model=fast, out=tmp_path / "o"))
+    assert results["status"] == "done"
+    rows = (tmp_path / "o" / "melody" / "a" / "melody.csv").read_text().splitlines()
+    assert len(rows) - 1 == fast.model.frames(len(t))
+    assert fast.transcribe(tone, rate).notes[0].pitch == 57  # mono [T] works too
+    with pytest.raises(AudioError):
+        full.transcribe(np.zeros(0, np.float32), rate)
+    with pytest.raises(AudioError):
+        full.transcribe(tone, 0)
+    with pytest.raises(AudioError):
+        full.transcribe((tone * 1000).astype(np.int16), rate)
+    with pytest.raises(CheckpointError):
+        sepcli.load_transcriber("default")
