@@ -95,12 +95,13 @@ def averaged_log_probs(model: MelodyTranscriber, audio: np.ndarray) -> np.ndarra
     over the passes whose grid holds it. One pass hears a voice at one place of its range and
     formants; the passes together, as the model trained with `pitch_shift`, at several."""
     frames, bins = model.frames(audio.shape[-1]), model.config.bins
-    total, count = np.zeros((frames, bins + 1)), np.zeros((1, bins + 1))
+    total = np.zeros((frames, bins + 1), np.float32)  # float32: 1 MB per 5 s of audio
+    count = np.zeros((1, bins + 1), np.float32)
     for semitones in (0, *model.config.test_transpositions):
         rows, covered = transposed_pass(model, audio, semitones)
         total[:, covered] += rows[:, covered]
         count[:, covered] += 1
-    return (total / count).astype(np.float32)
+    return total / count
 
 
 def transposed_pass(
@@ -119,7 +120,7 @@ def transposed_pass(
     position = np.clip(np.arange(frames) / ratio, 0, len(rows) - 1)
     left = np.floor(position).astype(int)
     right = np.minimum(left + 1, len(rows) - 1)
-    frac = (position - left)[:, None]
+    frac = (position - left)[:, None].astype(np.float32)
     rows = (1 - frac) * rows[left] + frac * rows[right]
     shift = round(semitones) * model.config.bins_per_semitone  # its bin b + shift is bin b
     back = np.zeros_like(rows)
