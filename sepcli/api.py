@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sepcli import batch, checkpoints, melody
+from sepcli import batch, checkpoints
+from sepcli import transcribe as melody_runner
 from sepcli.audio import (
     DEFAULT_BIT_DEPTH,
     DEFAULT_MP3_KBPS,
@@ -41,6 +42,7 @@ from sepcli.audio import (
 )
 from sepcli.engine import Demixer, EngineError
 from sepcli.ensemble import Ensemble, EnsembleModel, ensemble_name
+from sepcli.transcribe import Melody, load_melody, transcribe_melody
 
 # progress(track, seconds done, seconds in all or None): called as each track's audio is read.
 Progress = Callable[[str, float, float | None], None]
@@ -85,8 +87,7 @@ class Separator:
         input's rate and channel count. `stems` picks stems (residuals such as `no_vocals`
         too); `two_stems="vocals"` gives vocals and no_vocals."""
         mix = _as_array(audio)
-        if not 1000 <= sample_rate <= 768000:
-            raise AudioError(f"sample rate {sample_rate} Hz is outside 1000-768000 Hz")
+        _check_rate(sample_rate)
         chosen = batch.output_stems(self.sources, stems, two_stems)
         model_mix = adapt_channels(mix, self.model.audio_channels, downmix=True)
         if sample_rate != self.sample_rate:
@@ -365,22 +366,15 @@ def _as_array(audio: np.ndarray | torch.Tensor) -> np.ndarray:
     return audio
 
 
+def _check_rate(sample_rate: int) -> None:
+    if not 1000 <= sample_rate <= 768000:
+        raise AudioError(f"sample rate {sample_rate} Hz is outside 1000-768000 Hz")
+
+
 def _fit(part: np.ndarray, length: int) -> np.ndarray:
     if part.shape[-1] >= length:
         return part[..., :length]
     return np.pad(part, ((0, 0), (0, length - part.shape[-1])))
-
-
-@dataclasses.dataclass(frozen=True)
-class Melody:
-    """A transcribed melody: per model frame (11.6 ms for the embedded model) the time in
-    seconds, f0 in Hz (0 where unvoiced) and the voicing probability, as `melody.csv` holds
-    them; and the notes segmented from it, as `notes.csv`."""
-
-    times: np.ndarray
-    f0: np.ndarray
-    confidence: np.ndarray
-    notes: list[melody.Note]
 
 
 @dataclasses.dataclass
@@ -402,23 +396,16 @@ class Transcriber:
         """The melody of `audio` ([C, T] or [T] float, any rate; resampled to the model's).
         `voicing_threshold`: the voicing probability from which a frame is sung (default: the
         model's own); `min_note`: the shortest note kept, in seconds."""
-        from sepcli.transcribe import transcribe_audio
-
         x = _as_array(audio)
         if x.shape[-1] == 0:
             raise AudioError("no audio: the array has no samples")
-        if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-            raise AudioError(f"sample_rate must be a positive whole number, got {sample_rate!r}")
-        times, midi, voicing = transcribe_audio(self.model, x, int(sample_rate), voicing_threshold)
-        notes = melody.notes_from_contour(times, midi, min_duration=min_note)
-        return Melody(times, melody.midi_to_hz(midi), voicing, notes)
+        _check_rate(sample_rate)
+        return transcribe_melody(self.model, x, sample_rate, voicing_threshold, min_note)
 
 
 def load_transcriber(model: str = "melody", fast: bool = False) -> Transcriber:
     """The embedded `melody` model or a melody checkpoint (CheckpointError otherwise). With
     `fast` it hears each track once, without the model's test-time transpositions."""
-    from sepcli.transcribe import load_melody
-
     name, transcriber, metadata = load_melody(model)
     if fast:
         transcriber.config = dataclasses.replace(transcriber.config, test_transpositions=())
@@ -440,11 +427,10 @@ def transcribe_files(
     `out/<model>/<track>/{melody.csv,notes.csv,notes.mid}`, yielding one result per track as
     `sepcli transcribe --json` lists them; finished tracks are skipped unless `overwrite`, and
     a failing track is reported and the rest go on. `fast` applies to a model given by name."""
-    from sepcli import transcribe as runner
-
     transcriber = model if isinstance(model, Transcriber) else load_transcriber(model, fast)
-    tracks, _ = runner.plan([str(i) for i in inputs], transcriber.name, Path(out), recursive)
-    return runner.run(tracks, transcriber.model, overwrite, min_note, None, raise_unexpected,
+    found = [str(i) for i in inputs]
+    tracks, _ = melody_runner.plan(found, transcriber.name, Path(out), recursive)
+    return melody_runner.run(tracks, transcriber.model, overwrite, min_note, None, raise_unexpected,
                       voicing_threshold)  # fmt: skip
 
 

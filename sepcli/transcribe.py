@@ -4,6 +4,7 @@ per-file failures, JSON)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -156,6 +157,32 @@ def transcribe_audio(
     return times, np.where(voicing >= _threshold(model, threshold), pitch, 0.0), voicing
 
 
+@dataclasses.dataclass(frozen=True)
+class Melody:
+    """A transcribed melody: per model frame (11.6 ms for the embedded model) the time in
+    seconds, f0 in Hz (0 where unvoiced) and the voicing probability, as `melody.csv` holds
+    them; and the notes segmented from it, as `notes.csv` and `notes.mid`."""
+
+    times: np.ndarray
+    f0: np.ndarray
+    confidence: np.ndarray
+    notes: list[melody.Note]
+
+
+def transcribe_melody(
+    model: MelodyTranscriber,
+    audio: np.ndarray,
+    rate: int,
+    threshold: float | None = None,
+    min_note: float = 0.1,
+) -> Melody:
+    """Audio [C, T] at any rate -> its `Melody`: `transcribe_audio`'s contour and the notes
+    segmented from it, none shorter than `min_note` seconds."""
+    times, midi, voicing = transcribe_audio(model, audio, rate, threshold)
+    notes = melody.notes_from_contour(times, midi, min_duration=min_note)
+    return Melody(times, melody.midi_to_hz(midi), voicing, notes)
+
+
 def scoring_contour(
     model: MelodyTranscriber, audio: np.ndarray, rate: int, threshold: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -217,14 +244,13 @@ def run(
                 audio, rate = load(track.path)
                 if audio.shape[-1] == 0:
                     raise ValueError("no audio in the file")
-                times, midi, voicing = transcribe_audio(model, audio, rate, threshold)
-                notes = melody.notes_from_contour(times, midi, min_duration=min_note)
-                melody.write_melody_csv(track.outputs["melody"], times, melody.midi_to_hz(midi),
-                                        voicing)  # fmt: skip
-                melody.write_notes_csv(track.outputs["notes"], notes)
-                melody.write_midi(track.outputs["midi"], notes)
-                result.update(status="done", notes=len(notes),
-                              voiced=round(float((midi > 0).mean()), 3))  # fmt: skip
+                found = transcribe_melody(model, audio, rate, threshold, min_note)
+                melody.write_melody_csv(track.outputs["melody"], found.times, found.f0,
+                                        found.confidence)  # fmt: skip
+                melody.write_notes_csv(track.outputs["notes"], found.notes)
+                melody.write_midi(track.outputs["midi"], found.notes)
+                result.update(status="done", notes=len(found.notes),
+                              voiced=round(float((found.f0 > 0).mean()), 3))  # fmt: skip
             except Exception as err:  # noqa: BLE001 - one bad file fails alone
                 if raise_unexpected:
                     raise
