@@ -55,12 +55,16 @@ class MelodySettings:
     snr_db: tuple[float, float] = (-5.0, 5.0)  # voice over another accompaniment
     gain_db: tuple[float, float] = (0.0, 0.0)  # random level of each example's mix
     pitch_shift: float = 0.0  # semitones: transpose each clip by up to this much, up or down
+    timbre_db: float = 0.0  # colour each voice by a random EQ of up to this many dB (see Examples)
+    balance_singers: bool = False  # draw a singer (name up to its first "_") first, then a clip
     head_only_steps: int = 0  # the first steps leave the trunk frozen
     seed: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.pitch_shift <= 12:
             raise ValueError("melody training key 'pitch_shift' must lie in 0..12 semitones")
+        if not 0 <= self.timbre_db <= 24:
+            raise ValueError("melody training key 'timbre_db' must lie in 0..24 dB")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "MelodySettings":
@@ -157,7 +161,13 @@ class Examples:
     With `pitch_shift` the clip (voice, and its own accompaniment with it, so the 0 dB mix stays
     in tune) is resampled to play 2^(s/12) times faster, s uniform in +-`pitch_shift`: its pitch
     rises by s semitones and its label is moved by s on a time axis squeezed by the same ratio,
-    so it stays exact. Eleven singers sound like more (their range and formants move)."""
+    so it stays exact. Eleven singers sound like more (their range and formants move).
+
+    With `timbre_db` each voice is coloured by a random EQ (`random_timbre`), its loudness kept,
+    so the singers' spectral balance (chest or head voice, breathy or bright, close or far
+    microphone) varies apart from their pitch. With `balance_singers` each example draws a
+    singer first, then one of their clips, so the few singers with many clips (MIR-1K's amy and
+    leon: a third of the training clips) do not set what a voice sounds like."""
 
     def __init__(self, clips: list[Clip], model: MelodyTranscriber, settings: MelodySettings,
                  rng: np.random.Generator,
@@ -168,6 +178,16 @@ class Examples:
         self.pools = [[c.accompaniment for c in clips], *(p for _, p in accompaniments)]
         weights = np.array([1.0, *(w for w, _ in accompaniments)])
         self.pool_chances = weights / weights.sum()
+        singers: dict[str, list[int]] = {}
+        for i, clip in enumerate(clips):
+            singers.setdefault(clip.name.split("_")[0], []).append(i)
+        self.singers = list(singers.values())
+
+    def _clip(self) -> Clip:
+        if self.settings.balance_singers:
+            singer = self.singers[self.rng.integers(len(self.singers))]
+            return self.clips[singer[self.rng.integers(len(singer))]]
+        return self.clips[self.rng.integers(len(self.clips))]
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         size, channels = self.settings.batch_size, self.model.audio_channels
@@ -176,7 +196,7 @@ class Examples:
         mask = np.zeros((size, self.frames), bool)
         rate, hop = self.model.sample_rate, self.model.hop
         for b in range(size):
-            clip = self.clips[self.rng.integers(len(self.clips))]
+            clip = self._clip()
             shift = 0.0
             if self.settings.pitch_shift:  # drawn only when asked: other runs keep their stream
                 shift = self.rng.uniform(-1, 1) * self.settings.pitch_shift
@@ -184,6 +204,8 @@ class Examples:
             source = round(self.length * ratio)
             start = int(self.rng.integers(max(1, clip.voice.shape[-1] - source + 1)))
             voice = fit_length(_piece(clip.voice, start, source, channels), self.length)
+            if self.settings.timbre_db:  # drawn only when asked, as pitch_shift
+                voice = random_timbre(voice, rate, self.settings.timbre_db, self.rng)
             if self.rng.random() < self.settings.own_accompaniment:
                 backing = _piece(clip.accompaniment, start, source, channels)
                 backing = fit_length(backing, self.length)
@@ -202,6 +224,26 @@ class Examples:
             midi[b] = np.where(label > 0, label + shift, 0.0)
             mask[b] = np.arange(self.frames) * hop < real
         return torch.from_numpy(mix), torch.from_numpy(midi), torch.from_numpy(mask)
+
+
+def random_timbre(
+    voice: np.ndarray, rate: int, strength_db: float, rng: np.random.Generator
+) -> np.ndarray:
+    """`voice` [C, L] through a random zero-phase EQ, its RMS kept: a tilt of up to
+    +-`strength_db` / 2 dB per octave about 500 Hz, plus one bell of up to +-`strength_db` dB,
+    an octave wide, centred anywhere from 200 Hz to 4 kHz; the gain is held within
+    +-`strength_db` dB. Smooth in log frequency, so the harmonics keep their places: the pitch
+    (and the label) do not move."""
+    spectrum = np.fft.rfft(voice.astype(np.float64), axis=-1)
+    hz = np.fft.rfftfreq(voice.shape[-1], 1.0 / rate)
+    octaves = np.log2(np.maximum(hz, 50.0) / 500.0)
+    tilt = rng.uniform(-0.5, 0.5) * strength_db
+    centre = rng.uniform(np.log2(200.0 / 500.0), np.log2(4000.0 / 500.0))  # octaves about 500 Hz
+    bell = rng.uniform(-1.0, 1.0) * strength_db * np.exp(-0.5 * ((octaves - centre) / 0.5) ** 2)
+    gain_db = np.clip(tilt * octaves + bell, -strength_db, strength_db)
+    coloured = np.fft.irfft(spectrum * 10 ** (gain_db / 20), n=voice.shape[-1], axis=-1)
+    level = _rms(coloured)
+    return (coloured * (_rms(voice) / level if level > 1e-9 else 0.0)).astype(np.float32)
 
 
 def _piece(audio: np.ndarray, start: int, length: int, channels: int) -> np.ndarray:

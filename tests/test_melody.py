@@ -258,13 +258,75 @@ def test_melody_presets_set_the_head_and_the_training(tmp_path):
     bad.write_text("model:\n  dim: 64\n")
     with pytest.raises(CheckpointError, match="dim"):
         melody_train.load_preset(str(bad))
-    with pytest.raises(CheckpointError, match="have: paper, salience, spectral, transpose"):
+    with pytest.raises(CheckpointError, match="have: paper, salience, spectral, timbre, transpose"):
         melody_train.load_preset("huge")
     with pytest.raises(ValueError, match="stepz"):
         melody_train.MelodySettings.from_dict({"stepz": 3})
     with pytest.raises(ValueError, match="pitch_shift"):
         melody_train.MelodySettings.from_dict({"pitch_shift": -2})
     assert melody_train.load_preset("transpose")[1]["pitch_shift"] == 3.0
+    with pytest.raises(ValueError, match="timbre_db"):
+        melody_train.MelodySettings.from_dict({"timbre_db": -1})
+    with pytest.raises(ValueError, match="balance_singers"):
+        melody_train.MelodySettings.from_dict({"balance_singers": 1})
+    timbre = melody_train.MelodySettings.from_dict(melody_train.load_preset("timbre")[1])
+    assert timbre.timbre_db == 12.0 and timbre.balance_singers and timbre.pitch_shift == 3.0
+
+
+def test_a_random_timbre_moves_the_harmonics_levels_not_their_pitch_nor_the_loudness():
+    """A 220 Hz tone with 12 harmonics through four random EQs of up to 9 dB: every harmonic
+    stays a peak at its frequency, its level moves by at most 9 dB (and by more than 2 dB for
+    some), the RMS is kept, and no two draws colour it alike."""
+    from sepcli.melody_train import random_timbre
+
+    rate, rng = 44100, np.random.default_rng(3)
+    t = np.arange(rate) / rate
+    tone = sum(np.sin(2 * np.pi * 220 * h * t) / h for h in range(1, 13))[None].astype(np.float32)
+    before = np.abs(np.fft.rfft(tone[0]))  # 1 Hz bins: harmonic h at bin 220 h
+    harmonics = 220 * np.arange(1, 13)
+    changes = []
+    for _ in range(4):
+        coloured = random_timbre(tone, rate, 9.0, rng)
+        assert coloured.shape == tone.shape and coloured.dtype == np.float32
+        assert np.sqrt(np.mean(coloured**2)) == pytest.approx(np.sqrt(np.mean(tone**2)), 1e-4)
+        after = np.abs(np.fft.rfft(coloured[0]))
+        for h in harmonics:  # still a peak at its own bin, nothing between the harmonics
+            assert after[h] > 100 * after[h - 50 : h + 51][np.r_[0:45, 56:101]].max()
+        change = 20 * np.log10(after[harmonics] / before[harmonics])
+        change -= 20 * np.log10(np.sqrt(np.mean(coloured**2)) / np.sqrt(np.mean(tone**2)))
+        changes.append(change)
+    changes = np.array(changes)
+    # the EQ stays within +-9 dB; the RMS correction can add a common offset: compare spreads
+    spread = changes.max(1) - changes.min(1)
+    assert (spread <= 18.01).all() and (spread > 2.0).all()
+    assert min(np.abs(a - b).max() for i, a in enumerate(changes) for b in changes[i + 1 :]) > 1.0
+
+
+def test_balanced_singers_are_drawn_alike_whatever_their_number_of_clips():
+    """Ten clips of singer `a` at A3 and one of `b` at E4: drawn clip by clip, b sings about one
+    example in eleven; drawn singer by singer, about one in two. A timbre EQ keeps the labels."""
+    from sepcli import melody_train
+
+    rate = 44100
+    t = np.arange(rate) / rate
+    times = 0.02 + 0.02 * np.arange(49)
+
+    def clip(name: str, midi: float) -> melody_train.Clip:
+        hz = 440 * 2 ** ((midi - 69) / 12)
+        voice = (0.5 * np.sin(2 * np.pi * hz * t))[None].astype(np.float16)
+        return melody_train.Clip(name, voice, np.zeros_like(voice), times, np.full(49, midi))
+
+    clips = [clip(f"a_1_{i:02d}", 57.0) for i in range(10)] + [clip("b_1_01", 64.0)]
+    shares = {}
+    for balance in (False, True):
+        settings = melody_train.MelodySettings(batch_size=400, segment=0.5, timbre_db=6.0,
+                                               balance_singers=balance)  # fmt: skip
+        examples = melody_train.Examples(clips, tiny(), settings, np.random.default_rng(0))
+        _, labels, _ = examples.batch()
+        sung = labels[:, 5]
+        assert set(sung.tolist()) == {57.0, 64.0}  # the EQ leaves every label as it was
+        shares[balance] = float((sung == 64.0).float().mean())
+    assert 0.04 < shares[False] < 0.16 and 0.4 < shares[True] < 0.6
 
 
 def test_training_mixes_get_the_random_level_and_keep_their_labels():
