@@ -484,6 +484,12 @@ def evaluate(
         help="separation, or melody: score a melody model (-m) on stem folders with pitch.pv "
         "labels (MIR-1K) with mir_eval's melody measures.",
     ),
+    fast: bool = typer.Option(
+        False,
+        "--fast",
+        help="--task melody: hear each clip once, without the model's test-time transpositions "
+        "(as 'sepcli transcribe --fast').",
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
 ) -> None:
     """Separate and score MUSDB or stem-folder tracks: museval median and global SDR (and GNSDR
@@ -492,7 +498,7 @@ def evaluate(
     if ctx.invoked_subcommand is not None:
         return
     if task == "melody":
-        _evaluate_melody(model, data, tracks, out, quiet)
+        _evaluate_melody(model, data, tracks, out, fast, quiet)
         return
     if task != "separation":
         from sepcli.batch import UsageError
@@ -505,6 +511,8 @@ def evaluate(
     from eval.oracle import oracle_estimates
     from sepcli.batch import UsageError
 
+    if fast:
+        raise UsageError("--fast applies to --task melody (separation has --shifts)")
     if (musdb is None) == (data is None):
         raise UsageError("give the data to score: --musdb ROOT or --data stems:ROOT")
     if (model is None) == (oracle is None):
@@ -555,19 +563,21 @@ def evaluate(
     err_console.print(f"{len(records)} tracks; model input: {', '.join(inputs)}; results in {out}")
 
 
-def _evaluate_melody(models, data, patterns, out, quiet) -> None:
+def _evaluate_melody(models, data, patterns, out, fast, quiet) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from eval.melody import evaluate_melody
     from sepcli import datasets
     from sepcli import transcribe as runner
+    from sepcli.api import load_transcriber
     from sepcli.batch import UsageError
 
     if not models or len(models) != 1:
         raise UsageError("--task melody scores one melody model: give -m MODEL once")
     if data is None or not data.startswith("stems:"):
         raise UsageError("--task melody needs --data stems:ROOT (track folders with pitch.pv)")
-    name, model, _ = runner.load_melody(models[0])
+    transcriber = load_transcriber(models[0], fast)
+    name, model = transcriber.name, transcriber.model
     tracks = datasets.eval_tracks(datasets.DataSpec.parse(data).root, patterns)
     out = out or Path("results") / f"{name}-melody"
     progress = Progress(TextColumn("evaluate melody"), BarColumn(), MofNCompleteColumn(),
@@ -637,9 +647,18 @@ def evaluate_compare(
     ),
 ) -> None:
     """Side-by-side table and per-stem SDR boxplots of several results folders; for two, the
-    track-by-track differences with their standard errors too."""
-    from eval import report
+    track-by-track differences with their standard errors too. Melody results folders
+    (--task melody) get the same: their five measures, clip by clip."""
+    from eval import melody_report, report
+    from sepcli.batch import UsageError
 
+    melody = [melody_report.is_melody_results(folder) for folder in folders]
+    if any(melody):
+        if not all(melody):
+            raise UsageError("melody results and separation results cannot be compared: give "
+                             "folders of one kind")  # fmt: skip
+        _compare_melody(folders, plot)
+        return
     summaries = {folder.name: report.read_summary(folder) for folder in folders}
     out_console.print(report.summary_table(summaries))
     if len(folders) == 2:
@@ -647,6 +666,19 @@ def evaluate_compare(
         out_console.print(report.paired_table(folders[0].name, folders[1].name, diffs))
     plot = plot or folders[0].parent / "compare.png"
     report.boxplot({f.name: f for f in folders}, plot)
+    err_console.print(f"boxplots: {plot}")
+
+
+def _compare_melody(folders: list[Path], plot: Optional[Path]) -> None:
+    from eval import melody_report as report
+
+    summaries = {folder.name: report.read_melody_summary(folder) for folder in folders}
+    out_console.print(report.melody_summary_table(summaries))
+    if len(folders) == 2:
+        diffs = report.melody_paired_differences(folders[0], folders[1])
+        out_console.print(report.melody_paired_table(folders[0].name, folders[1].name, diffs))
+    plot = plot or folders[0].parent / "compare.png"
+    report.melody_boxplot({f.name: f for f in folders}, plot)
     err_console.print(f"boxplots: {plot}")
 
 

@@ -307,3 +307,80 @@ def test_the_python_api_transcribes_arrays_and_files(tmp_path):
         full.transcribe((tone * 1000).astype(np.int16), rate)
     with pytest.raises(CheckpointError):
         sepcli.load_transcriber("default")
+
+
+def test_evaluate_melody_fast_hears_each_clip_once(tmp_path, karaoke, melody_checkpoint):
+    """A model with a test-time transposition: `evaluate --task melody` scores what its full
+    contour scores, `--fast` what its one-pass contour scores, clip by clip, and they differ."""
+    from eval.melody import evaluate_melody
+    from sepcli.datasets import eval_tracks
+
+    _, model, _ = transcribe.load_melody(str(melody_checkpoint))
+    model.config = dataclasses.replace(model.config, test_transpositions=(2.0,))
+    path = tmp_path / "tta.safetensors"
+    transcribe.save_melody(path, model, {"note": "random weights for tests"})
+    tracks = eval_tracks(karaoke, ["ann_*", "bob_*"])
+    scores = {}
+    for flag in ("", "--fast"):
+        out = tmp_path / f"res{flag}"
+        proc = cli("evaluate", "--task", "melody", "-m", path, "--data", f"stems:{karaoke}",
+                   "--tracks", "ann_*", "--tracks", "bob_*", "--out", out, "-q",
+                   *([flag] if flag else []))  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        if flag:
+            model.config = dataclasses.replace(model.config, test_transpositions=())
+        expected = evaluate_melody(
+            lambda mix, rate: transcribe.scoring_contour(model, mix, rate), "x", tracks,
+            tmp_path / f"expected{flag}",
+        )["mean"]  # fmt: skip
+        scores[flag] = json.loads((out / "summary.json").read_text())["mean"]
+        for key, value in expected.items():
+            assert scores[flag][key] == pytest.approx(value, abs=0.02), (flag, key)
+    assert max(abs(scores[""][k] - scores["--fast"][k]) for k in scores[""]) > 0.03
+    proc = cli("evaluate", "--data", f"stems:{karaoke}", "--fast")
+    assert proc.returncode == 2 and "--fast applies to --task melody" in proc.stderr
+
+
+def write_melody_results(folder: Path, rows: dict[str, list[float]]) -> None:
+    """A results folder as `evaluate --task melody` writes it, from per-clip measures."""
+    from eval.melody import MEASURES, average
+
+    folder.mkdir()
+    keys = list(MEASURES.values())
+    records = [dict(zip(keys, values)) for values in rows.values()]
+    summary = {"model": folder.name, "task": "melody", "tracks": len(rows),
+               "mean": average(records)}  # fmt: skip
+    (folder / "summary.json").write_text(json.dumps(summary))
+    lines = ["track,input," + ",".join(keys)]
+    lines += [f"{name},sum of stems," + ",".join(map(str, v)) for name, v in rows.items()]
+    (folder / "scores.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_evaluate_compare_gives_melody_folders_clip_by_clip_differences(tmp_path):
+    """Three clips in both folders (a fourth only in one): the differences' means, standard
+    errors and shares of better clips, voicing false alarm better when lower."""
+    from eval import melody_report
+
+    write_melody_results(tmp_path / "old", {
+        "a": [0.80, 0.82, 0.90, 0.30, 0.70], "b": [0.60, 0.70, 0.80, 0.20, 0.50],
+        "c": [0.90, 0.90, 0.70, 0.10, 0.80], "d": [0.10, 0.10, 0.10, 0.90, 0.10]})  # fmt: skip
+    write_melody_results(tmp_path / "new", {
+        "a": [0.85, 0.85, 0.90, 0.20, 0.72], "b": [0.70, 0.75, 0.85, 0.25, 0.56],
+        "c": [0.88, 0.90, 0.75, 0.10, 0.81]})  # fmt: skip
+    diffs = melody_report.melody_paired_differences(tmp_path / "old", tmp_path / "new")
+    pitch = np.array([5.0, 10.0, -2.0])
+    assert diffs["raw_pitch_accuracy"]["clips"] == 3
+    assert diffs["raw_pitch_accuracy"]["mean"] == pytest.approx(pitch.mean())
+    assert diffs["raw_pitch_accuracy"]["se"] == pytest.approx(pitch.std(ddof=1) / np.sqrt(3))
+    assert diffs["raw_pitch_accuracy"]["better"] == pytest.approx(2 / 3)
+    assert diffs["voicing_false_alarm"]["mean"] == pytest.approx((-10 + 5 + 0) / 3)
+    assert diffs["voicing_false_alarm"]["better"] == pytest.approx(1 / 3)  # only a went down
+    proc = cli("evaluate", "compare", tmp_path / "old", tmp_path / "new")
+    assert proc.returncode == 0, proc.stderr
+    assert "+4.33 +- 3.48" in proc.stdout  # raw pitch, points
+    assert "overall accuracy" in proc.stdout and (tmp_path / "compare.png").stat().st_size > 1000
+    (tmp_path / "sep").mkdir()
+    (tmp_path / "sep" / "summary.json").write_text(json.dumps({"stems": {}}))
+    proc = cli("evaluate", "compare", tmp_path / "old", tmp_path / "sep")
+    assert proc.returncode == 2 and "cannot be compared" in proc.stderr
+    assert "Traceback" not in proc.stderr
