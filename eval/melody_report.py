@@ -1,5 +1,7 @@
 """`sepcli evaluate compare` for melody results folders (`sepcli evaluate --task melody`): their
-means side by side, clip-by-clip differences with standard errors, and boxplots per measure."""
+means side by side, clip-by-clip differences with standard errors, and boxplots per measure.
+The functions are named as `eval.report`'s for separation folders, so `compare` runs either
+module the same way."""
 
 from __future__ import annotations
 
@@ -16,21 +18,26 @@ from eval.melody import MEASURES
 LOWER_IS_BETTER = {"voicing_false_alarm"}
 
 
-def is_melody_results(folder: Path) -> bool:
-    """Whether `folder` holds a melody evaluation (its summary.json says task: melody)."""
+def _melody_summary(folder: Path) -> dict[str, Any] | None:
+    """`folder`'s summary.json if it is a melody evaluation's (task: melody), else None."""
     try:
         summary = json.loads((Path(folder) / "summary.json").read_text())
     except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(summary, dict) and summary.get("task") == "melody"
+        return None
+    return summary if isinstance(summary, dict) and summary.get("task") == "melody" else None
 
 
-def read_melody_summary(folder: Path) -> dict[str, Any]:
+def is_melody_results(folder: Path) -> bool:
+    """Whether `folder` holds a melody evaluation (its summary.json says task: melody)."""
+    return _melody_summary(folder) is not None
+
+
+def read_summary(folder: Path) -> dict[str, Any]:
     """A melody results folder's summary.json, checked; ValueError naming the file otherwise."""
     path = Path(folder) / "summary.json"
-    if not is_melody_results(folder):
+    summary = _melody_summary(folder)
+    if summary is None:
         raise ValueError(f"{path} is not a sepcli melody evaluation summary")
-    summary = json.loads(path.read_text())
     mean = summary.get("mean")
     if not isinstance(mean, dict) or not all(isinstance(mean.get(k), (int, float))
                                              for k in MEASURES.values()):  # fmt: skip
@@ -57,7 +64,7 @@ def _number(text: str) -> float:
         return float("nan")
 
 
-def melody_summary_table(summaries: dict[str, dict[str, Any]]) -> Table:
+def summary_table(summaries: dict[str, dict[str, Any]]) -> Table:
     table = Table(title="melody: mean over clips (%)")
     table.add_column("results")
     table.add_column("clips", justify="right")
@@ -69,7 +76,7 @@ def melody_summary_table(summaries: dict[str, dict[str, Any]]) -> Table:
     return table
 
 
-def melody_paired_differences(first: Path, second: Path) -> dict[str, dict[str, float]]:
+def paired_differences(first: Path, second: Path) -> dict[str, dict[str, float]]:
     """Clip-by-clip differences second - first, in points (%), per measure: their mean, its
     standard error, and the share of clips on which `second` did better (lower for voicing false
     alarm). Only clips scored in both folders, with the measure defined in both, count."""
@@ -91,7 +98,7 @@ def melody_paired_differences(first: Path, second: Path) -> dict[str, dict[str, 
     return out
 
 
-def melody_paired_table(first: str, second: str, diffs: dict[str, dict[str, float]]) -> Table:
+def paired_table(first: str, second: str, diffs: dict[str, dict[str, float]]) -> Table:
     table = Table(title=f"clip by clip: {second} - {first} (mean +- standard error, points)")
     for column in ("measure", "clips", "difference", f"{second} better"):
         table.add_column(column, justify="right")
@@ -102,7 +109,7 @@ def melody_paired_table(first: str, second: str, diffs: dict[str, dict[str, floa
     return table
 
 
-def melody_boxplot(folders: dict[str, Path], png: Path) -> None:
+def boxplot(folders: dict[str, Path], png: Path) -> None:
     """One panel per measure, one box of per-clip values per results folder."""
     import matplotlib
 

@@ -653,32 +653,17 @@ def evaluate_compare(
     from sepcli.batch import UsageError
 
     melody = [melody_report.is_melody_results(folder) for folder in folders]
-    if any(melody):
-        if not all(melody):
-            raise UsageError("melody results and separation results cannot be compared: give "
-                             "folders of one kind")  # fmt: skip
-        _compare_melody(folders, plot)
-        return
-    summaries = {folder.name: report.read_summary(folder) for folder in folders}
-    out_console.print(report.summary_table(summaries))
+    if any(melody) and not all(melody):
+        raise UsageError("melody results and separation results cannot be compared: give "
+                         "folders of one kind")  # fmt: skip
+    kind = melody_report if any(melody) else report  # the same functions for either kind
+    summaries = {folder.name: kind.read_summary(folder) for folder in folders}
+    out_console.print(kind.summary_table(summaries))
     if len(folders) == 2:
-        diffs = report.paired_differences(folders[0], folders[1])
-        out_console.print(report.paired_table(folders[0].name, folders[1].name, diffs))
+        diffs = kind.paired_differences(folders[0], folders[1])
+        out_console.print(kind.paired_table(folders[0].name, folders[1].name, diffs))
     plot = plot or folders[0].parent / "compare.png"
-    report.boxplot({f.name: f for f in folders}, plot)
-    err_console.print(f"boxplots: {plot}")
-
-
-def _compare_melody(folders: list[Path], plot: Optional[Path]) -> None:
-    from eval import melody_report as report
-
-    summaries = {folder.name: report.read_melody_summary(folder) for folder in folders}
-    out_console.print(report.melody_summary_table(summaries))
-    if len(folders) == 2:
-        diffs = report.melody_paired_differences(folders[0], folders[1])
-        out_console.print(report.melody_paired_table(folders[0].name, folders[1].name, diffs))
-    plot = plot or folders[0].parent / "compare.png"
-    report.melody_boxplot({f.name: f for f in folders}, plot)
+    kind.boxplot({f.name: f for f in folders}, plot)
     err_console.print(f"boxplots: {plot}")
 
 

@@ -367,7 +367,7 @@ def test_evaluate_compare_gives_melody_folders_clip_by_clip_differences(tmp_path
     write_melody_results(tmp_path / "new", {
         "a": [0.85, 0.85, 0.90, 0.20, 0.72], "b": [0.70, 0.75, 0.85, 0.25, 0.56],
         "c": [0.88, 0.90, 0.75, 0.10, 0.81]})  # fmt: skip
-    diffs = melody_report.melody_paired_differences(tmp_path / "old", tmp_path / "new")
+    diffs = melody_report.paired_differences(tmp_path / "old", tmp_path / "new")
     pitch = np.array([5.0, 10.0, -2.0])
     assert diffs["raw_pitch_accuracy"]["clips"] == 3
     assert diffs["raw_pitch_accuracy"]["mean"] == pytest.approx(pitch.mean())
