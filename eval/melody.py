@@ -22,7 +22,8 @@ def melody_scores(
     ref_times: np.ndarray, ref_hz: np.ndarray, est_times: np.ndarray, est_hz: np.ndarray
 ) -> dict[str, float]:
     """One clip: reference and estimate contours (Hz, 0 = unvoiced), each on its own time grid;
-    mir_eval resamples both to 10 ms. Pitch is right within 50 cents. An estimate may give an
+    mir_eval reads the estimate on the reference's times (linear in cents between frames), so
+    every reference frame counts once. Pitch is right within 50 cents. An estimate may give an
     unvoiced frame's pitch guess as a negative frequency (the MIREX convention): raw pitch and
     chroma accuracy then count it, the voicing measures and overall accuracy do not."""
     import mir_eval

@@ -55,6 +55,8 @@ class MelodySettings:
     snr_db: tuple[float, float] = (-5.0, 5.0)  # voice over another accompaniment
     gain_db: tuple[float, float] = (0.0, 0.0)  # random level of each example's mix
     pitch_shift: float = 0.0  # semitones: transpose each clip by up to this much, up or down
+    # semitones down, where the range is not symmetric: shifts then lie in [-this, +pitch_shift]
+    pitch_shift_down: float | None = None
     timbre_db: float = 0.0  # colour each voice by a random EQ of up to this many dB (see Examples)
     balance_singers: bool = False  # draw a singer (name up to its first "_") first, then a clip
     head_only_steps: int = 0  # the first steps leave the trunk frozen
@@ -63,6 +65,8 @@ class MelodySettings:
     def __post_init__(self) -> None:
         if not 0 <= self.pitch_shift <= 12:
             raise ValueError("melody training key 'pitch_shift' must lie in 0..12 semitones")
+        if self.pitch_shift_down is not None and not 0 <= self.pitch_shift_down <= 12:
+            raise ValueError("melody training key 'pitch_shift_down' must lie in 0..12 semitones")
         if not 0 <= self.timbre_db <= 24:
             raise ValueError("melody training key 'timbre_db' must lie in 0..24 dB")
 
@@ -159,7 +163,8 @@ class Examples:
     `accompaniments` (their weights), then a track of it, uniformly.
 
     With `pitch_shift` the clip (voice, and its own accompaniment with it, so the 0 dB mix stays
-    in tune) is resampled to play 2^(s/12) times faster, s uniform in +-`pitch_shift`: its pitch
+    in tune) is resampled to play 2^(s/12) times faster, s uniform in +-`pitch_shift` (or in
+    [-`pitch_shift_down`, `pitch_shift`] where that is set): its pitch
     rises by s semitones and its label is moved by s on a time axis squeezed by the same ratio,
     so it stays exact. Eleven singers sound like more (their range and formants move).
 
@@ -198,8 +203,11 @@ class Examples:
         for b in range(size):
             clip = self._clip()
             shift = 0.0
-            if self.settings.pitch_shift:  # drawn only when asked: other runs keep their stream
-                shift = self.rng.uniform(-1, 1) * self.settings.pitch_shift
+            up, down = self.settings.pitch_shift, self.settings.pitch_shift_down
+            if down is not None:
+                shift = self.rng.uniform(-down, up)
+            elif up:  # drawn only when asked: other runs keep their stream
+                shift = self.rng.uniform(-1, 1) * up
             ratio = 2.0 ** (shift / 12)  # source samples per output sample
             source = round(self.length * ratio)
             start = int(self.rng.integers(max(1, clip.voice.shape[-1] - source + 1)))

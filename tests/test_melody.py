@@ -258,13 +258,20 @@ def test_melody_presets_set_the_head_and_the_training(tmp_path):
     bad.write_text("model:\n  dim: 64\n")
     with pytest.raises(CheckpointError, match="dim"):
         melody_train.load_preset(str(bad))
-    with pytest.raises(CheckpointError, match="have: paper, salience, spectral, timbre, transpose"):
+    with pytest.raises(
+        CheckpointError, match="have: low, paper, salience, spectral, timbre, transpose"
+    ):
         melody_train.load_preset("huge")
     with pytest.raises(ValueError, match="stepz"):
         melody_train.MelodySettings.from_dict({"stepz": 3})
     with pytest.raises(ValueError, match="pitch_shift"):
         melody_train.MelodySettings.from_dict({"pitch_shift": -2})
     assert melody_train.load_preset("transpose")[1]["pitch_shift"] == 3.0
+    for bad in (-1, 13, "6"):
+        with pytest.raises(ValueError, match="pitch_shift_down"):
+            melody_train.MelodySettings.from_dict({"pitch_shift_down": bad})
+    low = melody_train.MelodySettings.from_dict(melody_train.load_preset("low")[1])
+    assert (low.pitch_shift, low.pitch_shift_down) == (3.0, 6.0)
     with pytest.raises(ValueError, match="timbre_db"):
         melody_train.MelodySettings.from_dict({"timbre_db": -1})
     with pytest.raises(ValueError, match="balance_singers"):
@@ -510,6 +517,34 @@ def test_a_pitch_shifted_example_sounds_at_its_moved_label_frame_by_frame():
             checked += 1
             moved += min(abs(float(labels[b, f]) - 57), abs(float(labels[b, f]) - 64.02)) > 0.5
     assert checked > 200 and moved > 100
+
+
+def test_a_lopsided_transposition_range_moves_clips_down_further_than_up():
+    """pitch_shift 3 with pitch_shift_down 6: a steady A3 is heard anywhere from D#3 to C4,
+    about two thirds of the examples lower than sung, and each label names the pitch heard."""
+    from sepcli import melody_train
+
+    rate = 44100
+    voice = (0.5 * np.sin(2 * np.pi * 220.0 * np.arange(4 * rate) / rate))[None].astype(np.float16)
+    times = 0.02 + 0.02 * np.arange(199)
+    clip = melody_train.Clip("a", voice, 0.2 * voice, times, np.full(199, 57.0))
+    model = tiny()
+    settings = melody_train.MelodySettings(batch_size=90, segment=0.5, own_accompaniment=1.0,
+                                           pitch_shift=3.0, pitch_shift_down=6.0)  # fmt: skip
+    mix, labels, mask = melody_train.Examples(
+        [clip], model, settings, np.random.default_rng(5)
+    ).batch()
+    shifts = labels[:, 2].double().numpy() - 57.0
+    assert mask[:, 2].all() and (labels[:, 2:-2].std(1) < 1e-4).all()  # one shift per example
+    assert shifts.min() >= -6.0 and shifts.max() <= 3.0
+    assert shifts.min() < -5.0 and shifts.max() > 2.0
+    assert 0.5 < (shifts < 0).mean() < 0.85
+    window = 8192
+    for b in (int(shifts.argmin()), int(shifts.argmax())):
+        piece = mix[b, 0, :window].double().numpy() * np.hanning(window)
+        spectrum = np.abs(np.fft.rfft(piece, 16 * window))
+        heard = 69 + 12 * np.log2(np.argmax(spectrum) * rate / (16 * window) / 440)
+        assert abs(heard - float(labels[b, 2])) < 0.1
 
 
 def glide_leap_and_strays(frames: int = 200) -> tuple[np.ndarray, np.ndarray, list[int]]:
