@@ -561,6 +561,25 @@ def list_checkpoints() -> list[Path]:
     return sorted(WEIGHTS_DIR.glob("*.safetensors"))
 
 
+def preset_path(preset: str | Path, kind: str, shipped: list[str], what: str) -> Path:
+    """The YAML a `--config` names: a file, or the shipped preset `presets/<kind>-NAME.yaml`.
+
+    A bare name means the shipped preset unless a file of that name is here: a run folder called
+    `low` in the working directory must not hide the preset `low`. `what` names the presets in
+    the error ("preset 'x' for mel-roformer", "melody preset 'x'").
+    """
+    path = Path(preset)
+    if path.is_file():
+        return path
+    if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        problem = "is a folder, not a file" if path.exists() else "does not exist"
+        raise CheckpointError(f"config file {preset} {problem}")
+    path = PRESETS_DIR / f"{kind}-{path.name}.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"no {what} (have: {', '.join(shipped)})")
+    return path
+
+
 def list_presets() -> dict[str, list[str]]:
     """Training presets per architecture: `presets/<arch>-<size>.yaml`."""
     presets: dict[str, list[str]] = {}

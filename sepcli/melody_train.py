@@ -87,15 +87,8 @@ DEFAULT_PRESET = "salience"
 def load_preset(preset: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(head keys, training keys) of a melody preset: a name (`melody-NAME.yaml` among the
     shipped presets) or a YAML path."""
-    path = Path(preset or DEFAULT_PRESET)
-    if not path.exists():
-        if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
-            raise checkpoints.CheckpointError(f"config file {preset} does not exist")
-        path = checkpoints.PRESETS_DIR / f"melody-{path.name}.yaml"
-        if not path.exists():
-            raise checkpoints.CheckpointError(
-                f"no melody preset '{preset}' (have: {', '.join(presets())})"
-            )
+    preset = preset or DEFAULT_PRESET
+    path = checkpoints.preset_path(preset, "melody", presets(), f"melody preset '{preset}'")
     data = checkpoints.read_yaml(path)
     head, training = dict(data.get("model") or {}), dict(data.get("training") or {})
     unknown = sorted(set(head) - set(HEAD_KEYS))

@@ -126,16 +126,10 @@ def load_preset(architecture: str, preset: str | Path | None) -> dict[str, Any]:
     checkpoints.check_architecture(architecture)
     if preset is None:
         preset = "small"
-    path = Path(preset)
-    if not path.exists():
-        if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
-            raise checkpoints.CheckpointError(f"config file {preset} does not exist")
-        path = checkpoints.PRESETS_DIR / f"{architecture}-{preset}.yaml"
-        if not path.exists():
-            names = ", ".join(checkpoints.list_presets().get(architecture, []))
-            raise checkpoints.CheckpointError(
-                f"no preset '{preset}' for {architecture} (have: {names})"
-            )
+    names = checkpoints.list_presets().get(architecture, [])
+    path = checkpoints.preset_path(
+        preset, architecture, names, f"preset '{preset}' for {architecture}"
+    )
     data = checkpoints.read_yaml(path)
     if "audio" in data or "inference" in data:
         return _community_preset(path, data, architecture)

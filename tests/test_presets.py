@@ -79,3 +79,22 @@ def test_an_unknown_architecture_is_named_with_the_known_ones():
         load_preset("foo", None)
     with pytest.raises(checkpoints.CheckpointError, match="no preset 'huge'.*small"):
         load_preset("mel-roformer", "huge")
+
+
+def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):
+    """`sepcli train melody --config low --out low`, run again from where `low/` now is, must
+    still mean the shipped preset; a path to a folder is refused in one line."""
+    from sepcli.melody_train import load_preset as load_melody_preset
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "small").mkdir()
+    (tmp_path / "low").mkdir()
+    assert (
+        load_preset("mel-roformer", "small")["model"]["dim"]
+        == load_preset("mel-roformer", checkpoints.PRESETS_DIR / "mel-roformer-small.yaml")[
+            "model"
+        ]["dim"]
+    )
+    assert load_melody_preset("low")[1]["pitch_shift_down"] == 6.0
+    with pytest.raises(checkpoints.CheckpointError, match=r"config file .*low is a folder"):
+        load_melody_preset(str(tmp_path / "low"))
