@@ -561,7 +561,12 @@ def list_checkpoints() -> list[Path]:
     return sorted(WEIGHTS_DIR.glob("*.safetensors"))
 
 
-def preset_path(preset: str | Path, kind: str, shipped: list[str], what: str) -> Path:
+def preset_names(kind: str) -> list[str]:
+    """The shipped presets of an architecture or of `melody`: `presets/<kind>-NAME.yaml`."""
+    return [p.stem[len(kind) + 1 :] for p in sorted(PRESETS_DIR.glob(f"{kind}-*.yaml"))]
+
+
+def preset_path(preset: str | Path, kind: str, what: str) -> Path:
     """The YAML a `--config` names: a file, or the shipped preset `presets/<kind>-NAME.yaml`.
 
     A bare name means the shipped preset unless a file of that name is here: a run folder called
@@ -576,15 +581,11 @@ def preset_path(preset: str | Path, kind: str, shipped: list[str], what: str) ->
         raise CheckpointError(f"config file {preset} {problem}")
     path = PRESETS_DIR / f"{kind}-{path.name}.yaml"
     if not path.is_file():
-        raise CheckpointError(f"no {what} (have: {', '.join(shipped)})")
+        raise CheckpointError(f"no {what} (have: {', '.join(preset_names(kind))})")
     return path
 
 
 def list_presets() -> dict[str, list[str]]:
-    """Training presets per architecture: `presets/<arch>-<size>.yaml`."""
-    presets: dict[str, list[str]] = {}
-    for path in sorted(PRESETS_DIR.glob("*.yaml")):
-        for arch in models.ARCHITECTURES:
-            if path.stem.startswith(arch + "-"):
-                presets.setdefault(arch, []).append(path.stem[len(arch) + 1 :])
-    return presets
+    """Training presets per architecture that has any: `presets/<arch>-<size>.yaml`."""
+    names = {arch: preset_names(arch) for arch in sorted(models.ARCHITECTURES)}
+    return {arch: shipped for arch, shipped in names.items() if shipped}

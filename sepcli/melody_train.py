@@ -88,7 +88,7 @@ def load_preset(preset: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(head keys, training keys) of a melody preset: a name (`melody-NAME.yaml` among the
     shipped presets) or a YAML path."""
     preset = preset or DEFAULT_PRESET
-    path = checkpoints.preset_path(preset, "melody", presets(), f"melody preset '{preset}'")
+    path = checkpoints.preset_path(preset, "melody", f"melody preset '{preset}'")
     data = checkpoints.read_yaml(path)
     head, training = dict(data.get("model") or {}), dict(data.get("training") or {})
     unknown = sorted(set(head) - set(HEAD_KEYS))
@@ -101,7 +101,7 @@ def load_preset(preset: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def presets() -> list[str]:
-    return [p.stem[len("melody-") :] for p in sorted(checkpoints.PRESETS_DIR.glob("melody-*.yaml"))]
+    return checkpoints.preset_names("melody")
 
 
 @dataclasses.dataclass
@@ -157,9 +157,8 @@ class Examples:
 
     With `pitch_shift` the clip (voice, and its own accompaniment with it, so the 0 dB mix stays
     in tune) is resampled to play 2^(s/12) times faster, s uniform in +-`pitch_shift` (or in
-    [-`pitch_shift_down`, `pitch_shift`] where that is set): its pitch
-    rises by s semitones and its label is moved by s on a time axis squeezed by the same ratio,
-    so it stays exact. Eleven singers sound like more (their range and formants move).
+    [-`pitch_shift_down`, `pitch_shift`] where that is set): its pitch rises by s semitones and
+    its label is moved by s on a time axis squeezed by the same ratio, so it stays exact. Eleven singers sound like more (their range and formants move).
 
     With `timbre_db` each voice is coloured by a random EQ (`random_timbre`), its loudness kept,
     so the singers' spectral balance (chest or head voice, breathy or bright, close or far

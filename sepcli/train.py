@@ -126,10 +126,7 @@ def load_preset(architecture: str, preset: str | Path | None) -> dict[str, Any]:
     checkpoints.check_architecture(architecture)
     if preset is None:
         preset = "small"
-    names = checkpoints.list_presets().get(architecture, [])
-    path = checkpoints.preset_path(
-        preset, architecture, names, f"preset '{preset}' for {architecture}"
-    )
+    path = checkpoints.preset_path(preset, architecture, f"preset '{preset}' for {architecture}")
     data = checkpoints.read_yaml(path)
     if "audio" in data or "inference" in data:
         return _community_preset(path, data, architecture)
