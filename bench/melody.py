@@ -12,7 +12,10 @@ mir_eval against `pitch.pv`:
                  hop; voiced where its periodicity is at least 0.5) on the same vocals;
     crepe-sep*   the same, with the periodicity threshold that scores best on these very clips
                  (an upper bound for CREPE: tuned on the test clips);
-    sepcli       the fine-tuned Mel-RoFormer (`-m`, its own voicing threshold) on the mixture.
+    sepcli       the fine-tuned Mel-RoFormer (`-m`, its own voicing threshold) on the mixture;
+    sepcli-sep   the same on the separated vocals (separating first: what a user might try);
+    sepcli-voice the same on the clip's clean voice alone: not a method (a mix has no clean
+                 voice) but the ceiling, so the table shows how much the accompaniment costs.
 Every method gives its pitch guess on unvoiced frames as a negative frequency (MIREX), so raw
 pitch and chroma accuracy measure pitch alone. Means over clips with standard errors, and each
 baseline's paired difference to sepcli.
@@ -86,13 +89,14 @@ def main() -> None:
     tracks = tracks[:: args.every]
     separator = sepcli.load("default")
     _, model, _ = runner.load_melody(args.model)
-    methods = ("pyin-mix", "pyin-sep", "crepe-sep", "sepcli")
+    methods = ("pyin-mix", "pyin-sep", "crepe-sep", "sepcli", "sepcli-sep", "sepcli-voice")
     scores: dict[str, list[dict]] = {m: [] for m in methods}
     seconds = dict.fromkeys(methods + ("separation",), 0.0)
     crepe_raw, references = [], []
     for i, track in enumerate(tracks):
-        mixture, _, rate, _ = track.read()
+        mixture, stems, rate, _ = track.read()
         mix = np.ascontiguousarray(mixture.T, dtype=np.float32)  # [C, T]
+        voice = np.ascontiguousarray(stems["vocals"].T, dtype=np.float32)
         ref_times, ref_midi = melody.read_pv(Path(track.path) / "pitch.pv")
         ref_hz = melody.midi_to_hz(ref_midi)
         start = time.perf_counter()
@@ -103,6 +107,8 @@ def main() -> None:
             "pyin-sep": lambda: pyin(vocals, rate),
             "crepe-sep": lambda: crepe(vocals, rate, args.crepe_model),
             "sepcli": lambda: runner.scoring_contour(model, mix, rate),
+            "sepcli-sep": lambda: runner.scoring_contour(model, vocals[None], rate),
+            "sepcli-voice": lambda: runner.scoring_contour(model, voice, rate),
         }
         for name, run in runs.items():
             start = time.perf_counter()
@@ -115,7 +121,8 @@ def main() -> None:
         references.append((ref_times, ref_hz))
         print(f"{i + 1}/{len(tracks)} {track.name}", file=sys.stderr)
     threshold, tuned = _best_threshold(crepe_raw, references, melody_scores)
-    methods = ("pyin-mix", "pyin-sep", "crepe-sep", f"crepe-sep* ({threshold:.2f})", "sepcli")
+    methods = ("pyin-mix", "pyin-sep", "crepe-sep", f"crepe-sep* ({threshold:.2f})", "sepcli",
+               "sepcli-sep", "sepcli-voice")  # fmt: skip
     scores[methods[3]], seconds[methods[3]] = tuned, seconds["crepe-sep"]
     keys = ("raw_pitch_accuracy", "raw_chroma_accuracy", "voicing_recall",
             "voicing_false_alarm", "overall_accuracy")  # fmt: skip
