@@ -121,8 +121,7 @@ def main() -> None:
         references.append((ref_times, ref_hz))
         print(f"{i + 1}/{len(tracks)} {track.name}", file=sys.stderr)
     threshold, tuned = _best_threshold(crepe_raw, references, melody_scores)
-    methods = ("pyin-mix", "pyin-sep", "crepe-sep", f"crepe-sep* ({threshold:.2f})", "sepcli",
-               "sepcli-sep", "sepcli-voice")  # fmt: skip
+    methods = (*methods[:3], f"crepe-sep* ({threshold:.2f})", *methods[3:])  # after crepe-sep
     scores[methods[3]], seconds[methods[3]] = tuned, seconds["crepe-sep"]
     keys = ("raw_pitch_accuracy", "raw_chroma_accuracy", "voicing_recall",
             "voicing_false_alarm", "overall_accuracy")  # fmt: skip

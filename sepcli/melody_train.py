@@ -158,7 +158,8 @@ class Examples:
     With `pitch_shift` the clip (voice, and its own accompaniment with it, so the 0 dB mix stays
     in tune) is resampled to play 2^(s/12) times faster, s uniform in +-`pitch_shift` (or in
     [-`pitch_shift_down`, `pitch_shift`] where that is set): its pitch rises by s semitones and
-    its label is moved by s on a time axis squeezed by the same ratio, so it stays exact. Eleven singers sound like more (their range and formants move).
+    its label is moved by s on a time axis squeezed by the same ratio, so it stays exact. Eleven
+    singers sound like more (their range and formants move).
 
     With `timbre_db` each voice is coloured by a random EQ (`random_timbre`), its loudness kept,
     so the singers' spectral balance (chest or head voice, breathy or bright, close or far
