@@ -42,6 +42,10 @@ VARIANTS = {  # name: (head keys, band features used)
         True,
     ),
     "salience only": (dict(head_channels=16, **SALIENCE), False),
+    "preset salience + time layers (preset temporal)": (
+        {**SPECTRAL, **SALIENCE, "salience_dilations": (2, 4, 8, 16)},
+        True,
+    ),
 }
 
 

@@ -68,6 +68,9 @@ class MelodyConfig(MelRoFormerConfig):
     salience_window: int = 0
     salience_harmonics: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
     salience_channels: int = 16
+    # Dilations of the salience CNN's layers along time (3 taps each, residual), after its
+    # 3x5 layers: () = none. (2, 4, 8, 16) lets each pitch see 32 frames (0.37 s) either way.
+    salience_dilations: tuple[int, ...] = ()
     # Decode pitch as the most likely path through the frames (`viterbi_pitch_path`), not
     # frame by frame: a lone frame cannot hop to the accompaniment and back.
     pitch_smoothing: bool = False
@@ -101,6 +104,10 @@ class MelodyConfig(MelRoFormerConfig):
             raise ValueError("config key 'salience_harmonics' needs 1-16 harmonics in (0, 32]")
         if not 1 <= self.salience_channels <= 256:
             raise ValueError("config key 'salience_channels' must lie in 1..256")
+        if len(self.salience_dilations) > 8 or not all(
+            1 <= d <= 64 for d in self.salience_dilations
+        ):
+            raise ValueError("config key 'salience_dilations' takes up to 8 dilations in 1..64")
         shifts = self.test_transpositions
         if (
             len(shifts) > 8
@@ -289,8 +296,12 @@ class PitchSalience(nn.Module):
     points, Hann, centred, the trunk's hop, so its frames are the trunk's), read by linear
     interpolation at h * f for every pitch f of the grid and every h of `salience_harmonics`,
     minus each frame's mean (the level is the band features' business; pitch is not). The CNN:
-    two 3x5 (time x pitch) layers, then one spanning an octave along pitch (13 taps a semitone
-    apart), then 1x1 to a logit."""
+    two 3x5 (time x pitch) layers, then `salience_dilations`' residual layers along time (3
+    taps, dilated), then one spanning an octave along pitch (13 taps a semitone apart), then
+    1x1 to a logit. The time layers give each pitch a view of its own past and future, as the
+    band features have through the trunk's time transformers: a glide, or a note's onset under
+    a loud chord, is read from the frames around it. They start at zero (no change), so they
+    can be added to a trained model."""
 
     def __init__(self, config: MelodyConfig, grid_midi: np.ndarray) -> None:
         super().__init__()
@@ -312,6 +323,13 @@ class PitchSalience(nn.Module):
         )  # fmt: skip
         nn.init.zeros_(self.net[-1].weight)  # starts as no change to the classifier's logits
         nn.init.zeros_(self.net[-1].bias)
+        self.temporal = nn.ModuleList(
+            nn.Conv2d(c, c, (3, 1), padding=(d, 0), dilation=(d, 1))
+            for d in config.salience_dilations
+        )
+        for layer in self.temporal:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     def harmonic_stack(self, mix: Tensor) -> Tensor:
         """Mix [B, C, L] -> the stack [B, H, T, bins] (T = L // hop + 1)."""
@@ -328,7 +346,10 @@ class PitchSalience(nn.Module):
 
     def forward(self, stack: Tensor) -> Tensor:
         """The stack [B, H, T, bins] -> salience logits [B, T, bins]."""
-        return self.net(stack.float())[:, 0]
+        x = self.net[:4](stack.float())  # the two 3x5 layers
+        for layer in self.temporal:
+            x = x + F.gelu(layer(x))
+        return self.net[4:](x)[:, 0]
 
 
 def with_context(frames: Tensor, context: int) -> Tensor:

@@ -259,7 +259,7 @@ def test_melody_presets_set_the_head_and_the_training(tmp_path):
     with pytest.raises(CheckpointError, match="dim"):
         melody_train.load_preset(str(bad))
     with pytest.raises(
-        CheckpointError, match="have: low, paper, salience, spectral, timbre, transpose"
+        CheckpointError, match="have: low, paper, salience, spectral, temporal, timbre, transpose"
     ):
         melody_train.load_preset("huge")
     with pytest.raises(ValueError, match="stepz"):
@@ -450,6 +450,38 @@ def test_a_salience_head_starts_as_the_model_it_was_initialised_from(tmp_path):
     assert new.salience.net[-1].weight.grad.abs().sum() > 0  # and it learns from there
 
 
+def test_salience_time_layers_start_at_zero_and_widen_what_each_frame_sees(tmp_path):
+    from sepcli import melody_train
+    from sepcli.transcribe import save_melody
+
+    old = MelodyTranscriber(MelodyConfig.from_dict(SALIENCE))
+    with torch.no_grad():  # a trained-looking salience CNN, float16 round trip exact
+        for p in old.parameters():
+            p.copy_((0.3 * torch.randn_like(p)).half().float())
+    save_melody(tmp_path / "old.safetensors", old, {})
+    new = melody_train.build_model(str(tmp_path / "old.safetensors"),
+                                   {"salience_dilations": (2, 4, 8, 16)})  # fmt: skip
+    assert len(new.salience.temporal) == 4
+    mix = torch.randn(1, 2, 30000)
+    with torch.no_grad():
+        assert torch.equal(new.eval()(mix), old.eval()(mix))
+    new.train().loss(new(mix), torch.full((1, new.frames(30000)), 60.0)).backward()
+    assert new.salience.temporal[0].weight.grad.abs().sum() > 0
+    # reach along time: a change to the stack at frame 80 moves frame 80 - 30 only through the
+    # time layers (the 3x5 layers see 2 frames either way, the time layers 2+4+8+16 more)
+    stack = torch.randn(1, len(old.config.salience_harmonics), 160, old.config.bins)
+    moved = stack.clone()
+    moved[:, :, 80] += 1.0
+    with torch.no_grad():
+        for p in new.salience.temporal.parameters():
+            p.copy_(0.3 * torch.randn_like(p))
+        for model in (old, new):
+            change = (model.salience(moved) - model.salience(stack))[0].abs().amax(-1)
+            assert change[80] > 0
+            assert (change[50] > 1e-6) == (model is new) and (change[110] > 1e-6) == (model is new)
+            assert change[80 - 33] == 0 and change[80 + 33] == 0  # and no further than that
+
+
 def test_the_salience_map_finds_a_pitch_it_never_trained_on():
     """The salience CNN slides along pitch: trained on tones at four pitches, it places a fifth,
     unseen one (the classifier alone cannot: it has to learn every pitch bin apart)."""
@@ -476,7 +508,8 @@ def test_the_salience_map_finds_a_pitch_it_never_trained_on():
 
 def test_salience_config_keys_are_checked():
     for bad in ({"salience_window": 100}, {"salience_harmonics": []},
-                {"salience_harmonics": [0.0, 1.0]}, {"salience_channels": 0}):  # fmt: skip
+                {"salience_harmonics": [0.0, 1.0]}, {"salience_channels": 0},
+                {"salience_dilations": [0]}, {"salience_dilations": [2] * 9}):  # fmt: skip
         with pytest.raises(ValueError, match="salience"):
             MelodyConfig.from_dict({**SALIENCE, **bad})
 
