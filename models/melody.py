@@ -289,6 +289,10 @@ def viterbi_pitch_path(log_probs: np.ndarray, bins_per_semitone: int) -> np.ndar
     return path
 
 
+# Where the time layers sit in PitchSalience.net (its keys stay those of a model without them).
+TIME_LAYERS_AT = 4
+
+
 class PitchSalience(nn.Module):
     """Harmonic stack of the mix -> one salience logit per frame and pitch of the grid.
 
@@ -346,10 +350,13 @@ class PitchSalience(nn.Module):
 
     def forward(self, stack: Tensor) -> Tensor:
         """The stack [B, H, T, bins] -> salience logits [B, T, bins]."""
-        x = self.net[:4](stack.float())  # the two 3x5 layers
-        for layer in self.temporal:
-            x = x + F.gelu(layer(x))
-        return self.net[4:](x)[:, 0]
+        x = stack.float()
+        for index, layer in enumerate(self.net):
+            if index == TIME_LAYERS_AT:  # after the two 3x5 layers and their GELUs
+                for time_layer in self.temporal:
+                    x = x + F.gelu(time_layer(x))
+            x = layer(x)
+        return x[:, 0]
 
 
 def with_context(frames: Tensor, context: int) -> Tensor:
