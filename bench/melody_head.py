@@ -5,8 +5,8 @@
         --exclude 'khair_*' [--epochs 2]
 
 The trunk of the melody checkpoint `-m` runs once over every training and validation clip (its
-own 0 dB mix); its band features, the log spectrum below 4 kHz and the harmonic stack of the
-pitch salience map are kept. Each head variant is then trained on the training singers' clips
+own 0 dB mix); its band features, the log spectrum below 4 kHz and the harmonic stacks of the
+pitch salience map (4096 and 2048 points) are kept. Each head variant is then trained on the training singers' clips
 alone, the trunk frozen (AdamW, one-cycle lr 2e-3, 16 windows of 64 frames a step, `--epochs`
 passes over the frames), and scored on the validation singers' voiced frames: raw pitch
 accuracy (within 50 cents) and voicing accuracy (probability 0.5). Heads are `models.melody`'s
@@ -46,17 +46,25 @@ VARIANTS = {  # name: (head keys, band features used)
         {**SPECTRAL, **SALIENCE, "salience_dilations": (2, 4, 8, 16)},
         True,
     ),
+    "preset temporal + 2048-point stack (preset windows)": (
+        {**SPECTRAL, **SALIENCE, "salience_dilations": (2, 4, 8, 16)}
+        | {"salience_extra_windows": (2048,)},
+        True,
+    ),
 }
+# The probe keeps every stack a variant may read; a head reads the extra windows' only when it
+# has them (PitchSalience slices its input).
+STACKS = dict(salience_extra_windows=(2048,))
 
 
 def features(model: MelodyTranscriber, clips: list) -> list[tuple[torch.Tensor, ...]]:
     """Per clip: band features [T, K, D], log spectra with context [T, 2c+1, BINS], the
-    harmonic stack [H, T, bins], labels [T]."""
+    harmonic stacks [H * windows, T, bins], labels [T]."""
     from sepcli import melody
     from sepcli.melody_train import clip_mixture
 
     probe = MelodyTranscriber(MelodyConfig.from_dict(
-        {**model.config.to_dict(), "spectral_bins": BINS, **SALIENCE}))  # fmt: skip
+        {**model.config.to_dict(), "spectral_bins": BINS, **SALIENCE, **STACKS}))  # fmt: skip
     rows = []
     with torch.inference_mode():
         for clip in clips:

@@ -71,6 +71,9 @@ class MelodyConfig(MelRoFormerConfig):
     # Dilations of the salience CNN's layers along time (3 taps each, residual), after its
     # 3x5 layers: () = none. (2, 4, 8, 16) lets each pitch see 32 frames (0.37 s) either way.
     salience_dilations: tuple[int, ...] = ()
+    # More STFT sizes for the salience map: each adds its own harmonic stack, read by its own
+    # first layer. A shorter window (2048) follows fast glides that the 4096-point one smears.
+    salience_extra_windows: tuple[int, ...] = ()
     # Decode pitch as the most likely path through the frames (`viterbi_pitch_path`), not
     # frame by frame: a lone frame cannot hop to the accompaniment and back.
     pitch_smoothing: bool = False
@@ -108,6 +111,15 @@ class MelodyConfig(MelRoFormerConfig):
             1 <= d <= 64 for d in self.salience_dilations
         ):
             raise ValueError("config key 'salience_dilations' takes up to 8 dilations in 1..64")
+        extra = self.salience_extra_windows
+        if extra and (
+            not self.salience_window
+            or len(extra) > 4
+            or len(set((self.salience_window, *extra))) <= len(extra)
+            or not all(self.stft_hop_length <= w <= 16384 for w in extra)
+        ):
+            raise ValueError("config key 'salience_extra_windows' takes up to 4 STFT sizes in "
+                             "stft_hop_length..16384, distinct, beside a 'salience_window'")  # fmt: skip
         shifts = self.test_transpositions
         if (
             len(shifts) > 8
@@ -157,7 +169,9 @@ class MelodyTranscriber(nn.Module):
     def forward(self, mix: Tensor, train_trunk: bool = True) -> Tensor:
         """`train_trunk=False` runs the trunk without gradients (training the head alone)."""
         frames = self.frames(mix.shape[-1])
-        short = max(self.config.stft_n_fft, self.config.salience_window) // 2 + 1 - mix.shape[-1]
+        longest = max(self.config.stft_n_fft, self.config.salience_window,
+                      *self.config.salience_extra_windows)  # fmt: skip
+        short = longest // 2 + 1 - mix.shape[-1]
         if short > 0:  # the centred STFTs reflect n_fft/2 samples: pad very short inputs
             mix = F.pad(mix, (0, short))
         with torch.set_grad_enabled(train_trunk and torch.is_grad_enabled()):
@@ -293,50 +307,26 @@ def viterbi_pitch_path(log_probs: np.ndarray, bins_per_semitone: int) -> np.ndar
 TIME_LAYERS_AT = 4
 
 
-class PitchSalience(nn.Module):
-    """Harmonic stack of the mix -> one salience logit per frame and pitch of the grid.
+class HarmonicStack(nn.Module):
+    """Mix [B, C, L] -> the log magnitude of the mono mix's STFT (`n_fft` points, Hann, centred,
+    hop `hop`, so frames line up whatever `n_fft`) read by linear interpolation at h * f for every
+    pitch f of the grid and every h of `harmonics`, minus each frame's mean (the level is the band
+    features' business; pitch is not): [B, H, T, bins], T = L // hop + 1. No weights."""
 
-    The stack (`harmonic_stack`) is the log magnitude of the mono mix's STFT (`salience_window`
-    points, Hann, centred, the trunk's hop, so its frames are the trunk's), read by linear
-    interpolation at h * f for every pitch f of the grid and every h of `salience_harmonics`,
-    minus each frame's mean (the level is the band features' business; pitch is not). The CNN:
-    two 3x5 (time x pitch) layers, then `salience_dilations`' residual layers along time (3
-    taps, dilated), then one spanning an octave along pitch (13 taps a semitone apart), then
-    1x1 to a logit. The time layers give each pitch a view of its own past and future, as the
-    band features have through the trunk's time transformers: a glide, or a note's onset under
-    a loud chord, is read from the frames around it. They start at zero (no change), so they
-    can be added to a trained model."""
-
-    def __init__(self, config: MelodyConfig, grid_midi: np.ndarray) -> None:
+    def __init__(
+        self, n_fft: int, hop: int, harmonics: tuple[float, ...], hz: np.ndarray, rate: int
+    ) -> None:
         super().__init__()
-        self.n_fft, self.hop = config.salience_window, config.stft_hop_length
-        hz = 440.0 * 2.0 ** ((grid_midi - 69.0) / 12.0)
-        position = np.array(config.salience_harmonics)[:, None] * hz * self.n_fft
-        position = np.clip(position / config.sample_rate, 0, self.n_fft // 2 - 1.001)
+        self.n_fft, self.hop = n_fft, hop
+        position = np.array(harmonics)[:, None] * hz * n_fft / rate
+        position = np.clip(position, 0, n_fft // 2 - 1.001)
         low = np.floor(position)
         self.top = int(low.max()) + 2  # the bins the stack reads, the frame mean's range
         self.register_buffer("low", torch.tensor(low, dtype=torch.long).flatten(), False)
         self.register_buffer("frac", torch.tensor(position - low, dtype=torch.float32), False)
-        self.register_buffer("window", torch.hann_window(self.n_fft), False)
-        c, semitone = config.salience_channels, config.bins_per_semitone
-        self.net = nn.Sequential(
-            nn.Conv2d(len(config.salience_harmonics), c, (3, 5), padding=(1, 2)), nn.GELU(),
-            nn.Conv2d(c, c, (3, 5), padding=(1, 2)), nn.GELU(),
-            nn.Conv2d(c, c, (1, 13), padding=(0, 6 * semitone), dilation=(1, semitone)),
-            nn.GELU(), nn.Conv2d(c, 1, 1),
-        )  # fmt: skip
-        nn.init.zeros_(self.net[-1].weight)  # starts as no change to the classifier's logits
-        nn.init.zeros_(self.net[-1].bias)
-        self.temporal = nn.ModuleList(
-            nn.Conv2d(c, c, (3, 1), padding=(d, 0), dilation=(d, 1))
-            for d in config.salience_dilations
-        )
-        for layer in self.temporal:
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        self.register_buffer("window", torch.hann_window(n_fft), False)
 
-    def harmonic_stack(self, mix: Tensor) -> Tensor:
-        """Mix [B, C, L] -> the stack [B, H, T, bins] (T = L // hop + 1)."""
+    def forward(self, mix: Tensor) -> Tensor:
         mono = mix.float().mean(1)
         spec = torch.stft(mono, self.n_fft, self.hop, window=self.window, center=True,
                           return_complex=True)  # fmt: skip
@@ -348,14 +338,68 @@ class PitchSalience(nn.Module):
         frac = self.frac[None, :, :, None]
         return (below * (1 - frac) + above * frac).transpose(2, 3)  # (b, h, t, bins)
 
+
+class PitchSalience(nn.Module):
+    """Harmonic stacks of the mix -> one salience logit per frame and pitch of the grid.
+
+    The stack (`harmonic_stack`): a `HarmonicStack` of `salience_window` points, then one of
+    each of `salience_extra_windows`, along the channels. The CNN: two 3x5 (time x pitch)
+    layers, then `salience_dilations`' residual layers along time (3 taps, dilated), then one
+    spanning an octave along pitch (13 taps a semitone apart), then 1x1 to a logit. The extra
+    windows' stacks enter through a first layer of their own (`extra_input`), added to the
+    first 3x5 layer's output. The time layers give each pitch a view of its own past and
+    future, as the band features have through the trunk's time transformers: a glide, or a
+    note's onset under a loud chord, is read from the frames around it. The time layers and
+    the extra input start at zero (no change), so they can be added to a trained model."""
+
+    def __init__(self, config: MelodyConfig, grid_midi: np.ndarray) -> None:
+        super().__init__()
+        hz = 440.0 * 2.0 ** ((grid_midi - 69.0) / 12.0)
+        self.stacks = nn.ModuleList(
+            HarmonicStack(
+                n_fft, config.stft_hop_length, config.salience_harmonics, hz, config.sample_rate
+            )  # fmt: skip
+            for n_fft in (config.salience_window, *config.salience_extra_windows)
+        )
+        h, c, semitone = (
+            len(config.salience_harmonics),
+            config.salience_channels,
+            config.bins_per_semitone,
+        )
+        self.harmonics = h
+        self.net = nn.Sequential(
+            nn.Conv2d(h, c, (3, 5), padding=(1, 2)), nn.GELU(),
+            nn.Conv2d(c, c, (3, 5), padding=(1, 2)), nn.GELU(),
+            nn.Conv2d(c, c, (1, 13), padding=(0, 6 * semitone), dilation=(1, semitone)),
+            nn.GELU(), nn.Conv2d(c, 1, 1),
+        )  # fmt: skip
+        nn.init.zeros_(self.net[-1].weight)  # starts as no change to the classifier's logits
+        nn.init.zeros_(self.net[-1].bias)
+        extra = len(config.salience_extra_windows)
+        self.extra_input = nn.Conv2d(extra * h, c, (3, 5), padding=(1, 2)) if extra else None
+        self.temporal = nn.ModuleList(
+            nn.Conv2d(c, c, (3, 1), padding=(d, 0), dilation=(d, 1))
+            for d in config.salience_dilations
+        )
+        for layer in [*self.temporal, *([self.extra_input] if extra else [])]:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def harmonic_stack(self, mix: Tensor) -> Tensor:
+        """Mix [B, C, L] -> the stacks [B, H * windows, T, bins] (T = L // hop + 1)."""
+        return torch.cat([stack(mix) for stack in self.stacks], 1)
+
     def forward(self, stack: Tensor) -> Tensor:
-        """The stack [B, H, T, bins] -> salience logits [B, T, bins]."""
-        x = stack.float()
+        """The stacks [B, H * windows, T, bins] -> salience logits [B, T, bins]."""
+        stack = stack.float()
+        x = stack[:, : self.harmonics]
         for index, layer in enumerate(self.net):
             if index == TIME_LAYERS_AT:  # after the two 3x5 layers and their GELUs
                 for time_layer in self.temporal:
                     x = x + F.gelu(time_layer(x))
             x = layer(x)
+            if index == 0 and self.extra_input is not None:
+                x = x + self.extra_input(stack[:, self.harmonics :])
         return x[:, 0]
 
 
@@ -370,4 +414,4 @@ def with_context(frames: Tensor, context: int) -> Tensor:
     return windows.permute(0, 2, 3, 1).reshape(batch, length, -1)
 
 
-__all__ = ["MelodyConfig", "MelodyTranscriber", "PitchSalience", "with_context"]
+__all__ = ["HarmonicStack", "MelodyConfig", "MelodyTranscriber", "PitchSalience", "with_context"]

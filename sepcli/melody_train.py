@@ -80,6 +80,7 @@ class MelodySettings:
 HEAD_KEYS = ("head_channels", "head_hidden", "spectral_bins", "spectral_context", "midi_low",
              "midi_high", "bins_per_semitone", "blur_cents", "voicing_weight",
              "salience_window", "salience_harmonics", "salience_channels", "salience_dilations",
+             "salience_extra_windows",
              "pitch_smoothing", "test_transpositions")  # fmt: skip
 DEFAULT_PRESET = "salience"
 

@@ -259,7 +259,8 @@ def test_melody_presets_set_the_head_and_the_training(tmp_path):
     with pytest.raises(CheckpointError, match="dim"):
         melody_train.load_preset(str(bad))
     with pytest.raises(
-        CheckpointError, match="have: low, paper, salience, spectral, temporal, timbre, transpose"
+        CheckpointError,
+        match="have: low, paper, salience, spectral, temporal, timbre, transpose, windows",
     ):
         melody_train.load_preset("huge")
     with pytest.raises(ValueError, match="stepz"):
@@ -482,6 +483,47 @@ def test_salience_time_layers_start_at_zero_and_widen_what_each_frame_sees(tmp_p
             assert change[80 - 33] == 0 and change[80 + 33] == 0  # and no further than that
 
 
+def test_an_extra_salience_window_starts_at_zero_and_stacks_its_own_harmonics(tmp_path):
+    from sepcli import melody_train
+    from sepcli.transcribe import save_melody
+
+    old = MelodyTranscriber(MelodyConfig.from_dict({**SALIENCE, "salience_dilations": (2, 4)}))
+    with torch.no_grad():  # a trained-looking salience CNN, float16 round trip exact
+        for p in old.parameters():
+            p.copy_((0.3 * torch.randn_like(p)).half().float())
+    save_melody(tmp_path / "old.safetensors", old, {})
+    new = melody_train.build_model(str(tmp_path / "old.safetensors"),
+                                   {"salience_extra_windows": (2048,)})  # fmt: skip
+    assert new.config.salience_dilations == (2, 4) and new.config.salience_window == 4096
+    h = len(new.config.salience_harmonics)
+    mix = harmonic_tone(220.0) + 0.001 * torch.randn(1, 1, 22050)
+    stack = new.salience.harmonic_stack(mix)[0]
+    assert stack.shape == (2 * h, new.frames(22050), new.config.bins)
+    assert torch.equal(stack[:h], old.salience.harmonic_stack(mix)[0])  # the 4096 one, unchanged
+    # the 2048-point stack summed over harmonics 1-5 also peaks at A3 (MIDI 57)...
+    rows = [h + new.config.salience_harmonics.index(float(k)) for k in range(1, 6)]
+    peak = new.pitch_grid[stack[rows, 10:-10].sum(0).argmax(-1)]
+    assert (peak - 57.0).abs().max() < 0.3
+    # ...and blurs a jump from A3 to E4 over half as many frames as the 4096-point stack
+    jump = torch.cat([harmonic_tone(220.0), harmonic_tone(330.0)], -1)
+    both = new.salience.harmonic_stack(jump)[0]
+    a3, e4 = (int((new.pitch_grid - m).abs().argmin()) for m in (57, 64))
+    one = new.config.salience_harmonics.index(1.0)
+    blurred = []
+    for rows in (both[one], both[h + one]):
+        lead = rows[:, e4] - rows[:, a3]  # E4's lead over A3, from steady below 0 to above
+        before, after = lead[:30].mean(), lead[-30:].mean()
+        assert before < -4 and after > 4
+        progress = (lead - before) / (after - before)
+        blurred.append(int(((progress > 0.1) & (progress < 0.9)).sum()))
+    assert blurred[0] >= 5 and 1 <= blurred[1] <= (blurred[0] + 1) // 2
+    mix = torch.randn(1, 2, 30000)
+    with torch.no_grad():
+        assert torch.equal(new.eval()(mix), old.eval()(mix))  # starts as the model it continues
+    new.train().loss(new(mix), torch.full((1, new.frames(30000)), 60.0)).backward()
+    assert new.salience.extra_input.weight.grad.abs().sum() > 0  # and the new stack learns
+
+
 def test_the_salience_map_finds_a_pitch_it_never_trained_on():
     """The salience CNN slides along pitch: trained on tones at four pitches, it places a fifth,
     unseen one (the classifier alone cannot: it has to learn every pitch bin apart)."""
@@ -509,7 +551,10 @@ def test_the_salience_map_finds_a_pitch_it_never_trained_on():
 def test_salience_config_keys_are_checked():
     for bad in ({"salience_window": 100}, {"salience_harmonics": []},
                 {"salience_harmonics": [0.0, 1.0]}, {"salience_channels": 0},
-                {"salience_dilations": [0]}, {"salience_dilations": [2] * 9}):  # fmt: skip
+                {"salience_dilations": [0]}, {"salience_dilations": [2] * 9},
+                {"salience_extra_windows": [4096]}, {"salience_extra_windows": [100]},
+                {"salience_extra_windows": [2048, 2048]},
+                {"salience_window": 0, "salience_extra_windows": [2048]}):  # fmt: skip
         with pytest.raises(ValueError, match="salience"):
             MelodyConfig.from_dict({**SALIENCE, **bad})
 
