@@ -358,15 +358,12 @@ class PitchSalience(nn.Module):
         self.stacks = nn.ModuleList(
             HarmonicStack(
                 n_fft, config.stft_hop_length, config.salience_harmonics, hz, config.sample_rate
-            )  # fmt: skip
+            )
             for n_fft in (config.salience_window, *config.salience_extra_windows)
         )
-        h, c, semitone = (
-            len(config.salience_harmonics),
-            config.salience_channels,
-            config.bins_per_semitone,
-        )
-        self.harmonics = h
+        h, c = len(config.salience_harmonics), config.salience_channels
+        semitone = config.bins_per_semitone
+        self.harmonics = h  # the first stack's channels, read by net[0]
         self.net = nn.Sequential(
             nn.Conv2d(h, c, (3, 5), padding=(1, 2)), nn.GELU(),
             nn.Conv2d(c, c, (3, 5), padding=(1, 2)), nn.GELU(),
@@ -381,7 +378,8 @@ class PitchSalience(nn.Module):
             nn.Conv2d(c, c, (3, 1), padding=(d, 0), dilation=(d, 1))
             for d in config.salience_dilations
         )
-        for layer in [*self.temporal, *([self.extra_input] if extra else [])]:
+        zero_start = [*self.temporal, *([self.extra_input] if self.extra_input is not None else [])]
+        for layer in zero_start:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
