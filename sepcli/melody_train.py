@@ -6,7 +6,7 @@ stored (MIR-1K's condition) or over another accompaniment at a random SNR: anoth
 one of the `accompaniments` datasets' (MUSDB, stem folders: every stem but the vocals, summed;
 `--accompaniment`). The label follows the voice, so remixing keeps it exact. Validation clips
 (whole singers, `--valid`) are scored with mir_eval at 0 dB; `best.safetensors` keeps the best
-overall accuracy, `state.pt` resumes a run (`--resume`).
+overall accuracy (or the training key `select_by`'s score), `state.pt` resumes a run (`--resume`).
 
 The head is chosen by a preset (`sepcli/presets/melody-*.yaml` or a YAML path, `--config`;
 `salience` by default): its `model:` keys set the head (the trunk's come from `--init`), its
@@ -43,6 +43,9 @@ from sepcli.transcribe import (
 )
 
 
+SELECTABLE = ("overall_accuracy", "raw_pitch_accuracy", "raw_chroma_accuracy")
+
+
 @dataclasses.dataclass(frozen=True)
 class MelodySettings:
     steps: int = 300
@@ -60,6 +63,9 @@ class MelodySettings:
     timbre_db: float = 0.0  # colour each voice by a random EQ of up to this many dB (see Examples)
     balance_singers: bool = False  # draw a singer (name up to its first "_") first, then a clip
     head_only_steps: int = 0  # the first steps leave the trunk frozen
+    # The validation score that picks best.safetensors (higher is better): overall accuracy
+    # weighs voicing at the untuned threshold 0.5; raw pitch reads the pitch alone.
+    select_by: str = "overall_accuracy"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -69,6 +75,10 @@ class MelodySettings:
             raise ValueError("melody training key 'pitch_shift_down' must lie in 0..12 semitones")
         if not 0 <= self.timbre_db <= 24:
             raise ValueError("melody training key 'timbre_db' must lie in 0..24 dB")
+        if self.select_by not in SELECTABLE:
+            raise ValueError(
+                f"melody training key 'select_by' must be one of {', '.join(SELECTABLE)}"
+            )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "MelodySettings":
@@ -415,8 +425,8 @@ def train_melody(
         if step % settings.valid_every == 0 or step == settings.steps:
             if valid_clips:
                 record["valid"] = validate(model, valid_clips)
-                if record["valid"]["overall_accuracy"] > best:
-                    best = record["valid"]["overall_accuracy"]
+                if record["valid"][settings.select_by] > best:
+                    best = record["valid"][settings.select_by]
                     save_melody(out / "best.safetensors", model, {**provenance, "steps": step,
                                 "valid": record["valid"]})  # fmt: skip
             save_melody(out / "last.safetensors", model, {**provenance, "steps": step,

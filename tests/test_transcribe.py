@@ -78,6 +78,34 @@ def test_train_melody_fine_tunes_a_separator_and_resumes(tmp_path, karaoke, tiny
     assert bad.returncode == 2 and "--init" in bad.stderr
 
 
+def test_train_melody_keeps_the_step_with_the_best_score_named_by_select_by(
+    tmp_path, karaoke, tiny_checkpoint, monkeypatch
+):
+    """Validation scripted per step: overall accuracy peaks at step 2, raw pitch at step 1."""
+    from sepcli import datasets
+
+    scripted = [(0.9, 0.5), (0.6, 0.7), (0.8, 0.6)]  # (raw pitch, overall) at steps 1, 2, 3
+    spec = datasets.DataSpec("stems", karaoke, valid=("val_*",))
+    for select_by, chosen in (("overall_accuracy", 2), ("raw_pitch_accuracy", 1)):
+        scores = iter(scripted)
+
+        def validate(model, clips):
+            raw, overall = next(scores)
+            return {"raw_pitch_accuracy": raw, "raw_chroma_accuracy": raw, "voicing_recall": 1.0,
+                    "voicing_false_alarm": 0.0, "overall_accuracy": overall}  # fmt: skip
+
+        monkeypatch.setattr(melody_train, "validate", validate)
+        settings = melody_train.MelodySettings(steps=3, batch_size=2, segment=1.0,
+                                               valid_every=1, select_by=select_by)  # fmt: skip
+        out = tmp_path / select_by
+        melody_train.train_melody(spec, str(tiny_checkpoint), out, settings)
+        _, _, meta = transcribe.load_melody(str(out / "best.safetensors"))
+        assert meta["provenance"]["steps"] == chosen
+        assert meta["provenance"]["settings"]["select_by"] == select_by
+    with pytest.raises(ValueError, match="select_by"):
+        melody_train.MelodySettings(select_by="voicing_false_alarm")  # lower is better: refused
+
+
 @pytest.fixture(scope="module")
 def melody_checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
