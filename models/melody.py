@@ -308,7 +308,7 @@ TIME_LAYERS_AT = 4
 
 
 class HarmonicStack(nn.Module):
-    """Mix [B, C, L] -> the log magnitude of the mono mix's STFT (`n_fft` points, Hann, centred,
+    """Mono mix [B, L] -> the log magnitude of its STFT (`n_fft` points, Hann, centred,
     hop `hop`, so frames line up whatever `n_fft`) read by linear interpolation at h * f for every
     pitch f of the grid and every h of `harmonics`, minus each frame's mean (the level is the band
     features' business; pitch is not): [B, H, T, bins], T = L // hop + 1. No weights."""
@@ -326,8 +326,7 @@ class HarmonicStack(nn.Module):
         self.register_buffer("frac", torch.tensor(position - low, dtype=torch.float32), False)
         self.register_buffer("window", torch.hann_window(n_fft), False)
 
-    def forward(self, mix: Tensor) -> Tensor:
-        mono = mix.float().mean(1)
+    def forward(self, mono: Tensor) -> Tensor:
         spec = torch.stft(mono, self.n_fft, self.hop, window=self.window, center=True,
                           return_complex=True)  # fmt: skip
         log = torch.log(spec.abs() + 1e-4)  # (b, f, t)
@@ -385,7 +384,8 @@ class PitchSalience(nn.Module):
 
     def harmonic_stack(self, mix: Tensor) -> Tensor:
         """Mix [B, C, L] -> the stacks [B, H * windows, T, bins] (T = L // hop + 1)."""
-        return torch.cat([stack(mix) for stack in self.stacks], 1)
+        mono = mix.float().mean(1)  # once, for every window
+        return torch.cat([stack(mono) for stack in self.stacks], 1)
 
     def forward(self, stack: Tensor) -> Tensor:
         """The stacks [B, H * windows, T, bins] -> salience logits [B, T, bins]."""
