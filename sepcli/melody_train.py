@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
 from eval.melody import average, melody_scores, mirex_contour
 from models.base import typed_fields
 from models.melody import MelodyConfig, MelodyTranscriber
@@ -66,6 +68,11 @@ class MelodySettings:
     # The validation score that picks best.safetensors (higher is better): overall accuracy
     # weighs voicing at the untuned threshold 0.5; raw pitch reads the pitch alone.
     select_by: str = "overall_accuracy"
+    # Validate and save an exponential moving average of the weights, updated every step with
+    # this decay (0 = the weights as trained): the average of the last ~1 / (1 - decay) steps
+    # is less at the mercy of the last batches than any one step (Polyak averaging; demucs and
+    # the usual RoFormer training code keep one too).
+    ema_decay: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -75,6 +82,8 @@ class MelodySettings:
             raise ValueError("melody training key 'pitch_shift_down' must lie in 0..12 semitones")
         if not 0 <= self.timbre_db <= 24:
             raise ValueError("melody training key 'timbre_db' must lie in 0..24 dB")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError("melody training key 'ema_decay' must lie in [0, 1)")
         if self.select_by not in SELECTABLE:
             raise ValueError(
                 f"melody training key 'select_by' must be one of {', '.join(SELECTABLE)}"
@@ -384,6 +393,13 @@ def train_melody(
     train_clips = load_clips(data, "train", model.sample_rate, cache)
     valid_clips = load_clips(data, "valid", model.sample_rate, cache) if data.valid else []
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.01)
+    # what is validated and saved: the weights as trained, or their moving average
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay))
+        if settings.ema_decay
+        else None
+    )
+    kept = ema.module if ema is not None else model
 
     def lr_at(step: int) -> float:
         warm = min(1.0, (step + 1) / max(1, settings.warmup))
@@ -397,6 +413,8 @@ def train_melody(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, best = int(state["step"]), float(state["best"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         rng.bit_generator.state = json.loads(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
         _truncate_log(out / "metrics.jsonl", step)  # steps after the saved state are redone
@@ -420,21 +438,24 @@ def train_melody(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
         step += 1
         record = {"step": step, "loss": float(loss.detach()), "lr": lr_at(step - 1)}
         if step % settings.valid_every == 0 or step == settings.steps:
             if valid_clips:
-                record["valid"] = validate(model, valid_clips)
+                record["valid"] = validate(kept, valid_clips)
                 if record["valid"][settings.select_by] > best:
                     best = record["valid"][settings.select_by]
-                    save_melody(out / "best.safetensors", model, {**provenance, "steps": step,
+                    save_melody(out / "best.safetensors", kept, {**provenance, "steps": step,
                                 "valid": record["valid"]})  # fmt: skip
-            save_melody(out / "last.safetensors", model, {**provenance, "steps": step,
+            save_melody(out / "last.safetensors", kept, {**provenance, "steps": step,
                         "valid": record.get("valid"),
                         "train_seconds": round(time.perf_counter() - started, 1)})  # fmt: skip
             with atomic_write(out / "state.pt") as tmp:
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "step": step, "best": best,
+                            **({"ema": ema.state_dict()} if ema is not None else {}),
                             "data_rng": json.dumps(rng.bit_generator.state),
                             "torch_rng": torch.get_rng_state()}, tmp)  # fmt: skip
         with open(out / "metrics.jsonl", "a") as log:

@@ -260,7 +260,7 @@ def test_melody_presets_set_the_head_and_the_training(tmp_path):
         melody_train.load_preset(str(bad))
     with pytest.raises(
         CheckpointError,
-        match="have: low, paper, salience, spectral, temporal, timbre, transpose, windows",
+        match="have: ema, low, paper, salience, spectral, temporal, timbre, transpose, windows",
     ):
         melody_train.load_preset("huge")
     with pytest.raises(ValueError, match="stepz"):
