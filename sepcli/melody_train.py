@@ -71,8 +71,10 @@ class MelodySettings:
     # Validate and save an exponential moving average of the weights, updated every step with
     # this decay (0 = the weights as trained): the average of the last ~1 / (1 - decay) steps
     # is less at the mercy of the last batches than any one step (Polyak averaging; demucs and
-    # the usual RoFormer training code keep one too).
-    ema_decay: float = 0.0
+    # the usual RoFormer training code keep one too). The key means what separation training's
+    # `ema` means, but is off by default, and the average starts from the first step's weights
+    # without a warm-up: fine-tuning starts from a trained model, not from a random one.
+    ema: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -82,8 +84,8 @@ class MelodySettings:
             raise ValueError("melody training key 'pitch_shift_down' must lie in 0..12 semitones")
         if not 0 <= self.timbre_db <= 24:
             raise ValueError("melody training key 'timbre_db' must lie in 0..24 dB")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError("melody training key 'ema_decay' must lie in [0, 1)")
+        if not 0 <= self.ema < 1:
+            raise ValueError("melody training key 'ema' must lie in [0, 1)")
         if self.select_by not in SELECTABLE:
             raise ValueError(
                 f"melody training key 'select_by' must be one of {', '.join(SELECTABLE)}"
@@ -394,12 +396,12 @@ def train_melody(
     valid_clips = load_clips(data, "valid", model.sample_rate, cache) if data.valid else []
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.01)
     # what is validated and saved: the weights as trained, or their moving average
-    ema = (
-        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay))
-        if settings.ema_decay
+    average = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema))
+        if settings.ema
         else None
     )
-    kept = ema.module if ema is not None else model
+    kept = average.module if average is not None else model
 
     def lr_at(step: int) -> float:
         warm = min(1.0, (step + 1) / max(1, settings.warmup))
@@ -413,8 +415,8 @@ def train_melody(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, best = int(state["step"]), float(state["best"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
+        if average is not None:
+            average.load_state_dict(state["ema"])
         rng.bit_generator.state = json.loads(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
         _truncate_log(out / "metrics.jsonl", step)  # steps after the saved state are redone
@@ -438,8 +440,8 @@ def train_melody(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
-        if ema is not None:
-            ema.update_parameters(model)
+        if average is not None:
+            average.update_parameters(model)
         step += 1
         record = {"step": step, "loss": float(loss.detach()), "lr": lr_at(step - 1)}
         if step % settings.valid_every == 0 or step == settings.steps:
@@ -455,7 +457,7 @@ def train_melody(
             with atomic_write(out / "state.pt") as tmp:
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "step": step, "best": best,
-                            **({"ema": ema.state_dict()} if ema is not None else {}),
+                            **({"ema": average.state_dict()} if average is not None else {}),
                             "data_rng": json.dumps(rng.bit_generator.state),
                             "torch_rng": torch.get_rng_state()}, tmp)  # fmt: skip
         with open(out / "metrics.jsonl", "a") as log:

@@ -106,17 +106,17 @@ def test_train_melody_keeps_the_step_with_the_best_score_named_by_select_by(
         melody_train.MelodySettings(select_by="voicing_false_alarm")  # lower is better: refused
 
 
-def test_ema_decay_saves_the_moving_average_of_the_weights_and_resumes_it(
+def test_ema_saves_the_moving_average_of_the_weights_and_resumes_it(
     tmp_path, karaoke, tiny_checkpoint
 ):
-    """ema_decay 0.5 over 3 steps: the first update copies the weights w1, then each step
+    """ema 0.5 over 3 steps: the first update copies the weights w1, then each step
     averages, so the saved model is 0.25 w1 + 0.25 w2 + 0.5 w3. An interrupted run resumes
     its average from state.pt: the same weights as a run that never stopped."""
     from sepcli import datasets
 
     spec = datasets.DataSpec("stems", karaoke, valid=("val_*",))
     settings = melody_train.MelodySettings(steps=3, batch_size=2, segment=1.0, valid_every=1,
-                                           ema_decay=0.5)  # fmt: skip
+                                           ema=0.5)  # fmt: skip
     trained: list[dict[str, torch.Tensor]] = []  # the weights as trained, after each step
 
     def keep(step: int, record: dict) -> None:
@@ -132,7 +132,7 @@ def test_ema_decay_saves_the_moving_average_of_the_weights_and_resumes_it(
     torch.testing.assert_close(state["ema"][f"module.{key}"], expected)
     _, saved, meta = transcribe.load_melody(str(tmp_path / "run" / "last.safetensors"))
     torch.testing.assert_close(saved.state_dict()[key], expected, atol=2e-3, rtol=2e-3)  # float16
-    assert meta["provenance"]["settings"]["ema_decay"] == 0.5
+    assert meta["provenance"]["settings"]["ema"] == 0.5
 
     def stop_after_two(step: int, record: dict) -> None:
         if step == 2:
@@ -144,8 +144,8 @@ def test_ema_decay_saves_the_moving_average_of_the_weights_and_resumes_it(
     melody_train.train_melody(spec, str(tiny_checkpoint), tmp_path / "cut", settings, resume=True)
     resumed = torch.load(tmp_path / "cut" / "state.pt", weights_only=True)
     torch.testing.assert_close(resumed["ema"][f"module.{key}"], expected)
-    with pytest.raises(ValueError, match="ema_decay"):
-        melody_train.MelodySettings(ema_decay=1.0)
+    with pytest.raises(ValueError, match="ema"):
+        melody_train.MelodySettings(ema=1.0)
 
 
 @pytest.fixture(scope="module")
