@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from eval.melody import average, melody_scores, mirex_contour
