@@ -7,8 +7,8 @@
 The trunk of the melody checkpoint `-m` runs once over every training and validation clip (its
 own 0 dB mix); its band features, the log spectrum below 4 kHz and the harmonic stacks of the
 pitch salience map (4096 and 2048 points) are kept. Each head variant is then trained on the
-training singers' clips alone, the trunk frozen (AdamW, one-cycle lr 2e-3, 16 windows of 64 frames a step, `--epochs`
-passes over the frames), and scored on the validation singers' voiced frames: raw pitch
+training singers' clips alone, the trunk frozen (AdamW, one-cycle lr 2e-3, 16 windows of 64
+frames a step, `--epochs` passes over the frames), and scored on the validation singers' voiced frames: raw pitch
 accuracy (within 50 cents) and voicing accuracy (probability 0.5). Heads are `models.melody`'s
 own, built from config keys; "salience only" feeds the head zeros for the band features. This
 isolates what a head can read from the trunk from what fine-tuning adds.

@@ -118,8 +118,10 @@ class MelodyConfig(MelRoFormerConfig):
             or len(set((self.salience_window, *extra))) <= len(extra)
             or not all(self.stft_hop_length <= w <= 16384 for w in extra)
         ):
-            raise ValueError("config key 'salience_extra_windows' takes up to 4 STFT sizes in "
-                             "stft_hop_length..16384, distinct, beside a 'salience_window'")  # fmt: skip
+            raise ValueError(
+                "config key 'salience_extra_windows' takes up to 4 STFT sizes in "
+                "stft_hop_length..16384, distinct, beside a 'salience_window'"
+            )
         shifts = self.test_transpositions
         if (
             len(shifts) > 8
