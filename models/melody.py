@@ -74,6 +74,10 @@ class MelodyConfig(MelRoFormerConfig):
     # More STFT sizes for the salience map: each adds its own harmonic stack, read by its own
     # first layer. A shorter window (2048) follows fast glides that the 4096-point one smears.
     salience_extra_windows: tuple[int, ...] = ()
+    # The salience map also reads the harmonic stacks of the vocals that a frozen separator of
+    # the trunk's architecture (`guide`: its vocal mask estimator kept) hears in the mix, so
+    # the accompaniment's harmonics are turned down where the separator hears them.
+    salience_guide: bool = False
     # Decode pitch as the most likely path through the frames (`viterbi_pitch_path`), not
     # frame by frame: a lone frame cannot hop to the accompaniment and back.
     pitch_smoothing: bool = False
@@ -122,6 +126,8 @@ class MelodyConfig(MelRoFormerConfig):
                 "config key 'salience_extra_windows' takes up to 4 STFT sizes in "
                 "stft_hop_length..16384, distinct, beside a 'salience_window'"
             )
+        if self.salience_guide and not self.salience_window:
+            raise ValueError("config key 'salience_guide' needs a 'salience_window'")
         shifts = self.test_transpositions
         if (
             len(shifts) > 8
@@ -167,6 +173,18 @@ class MelodyTranscriber(nn.Module):
         grid = config.midi_low + np.arange(config.bins) / config.bins_per_semitone
         self.register_buffer("pitch_grid", torch.tensor(grid, dtype=torch.float32), False)
         self.salience = PitchSalience(config, grid) if config.salience_window else None
+        self.guide: MelRoFormer | None = None
+        if config.salience_guide:  # not trained: its weights stay the separator's (load_guide)
+            vocals_only = dataclasses.replace(
+                config.trunk_config(), num_stems=1, sources=("vocals",)
+            )
+            self.guide = MelRoFormer(vocals_only).requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> "MelodyTranscriber":
+        super().train(mode)
+        if self.guide is not None:
+            self.guide.eval()  # frozen: never its dropout, even while the rest trains
+        return self
 
     def forward(self, mix: Tensor, train_trunk: bool = True) -> Tensor:
         """`train_trunk=False` runs the trunk without gradients (training the head alone)."""
@@ -182,6 +200,10 @@ class MelodyTranscriber(nn.Module):
         if self.config.spectral_bins:
             spectral = with_context(self.log_magnitudes(spectrum), self.config.spectral_context)
         stack = self.salience.harmonic_stack(mix) if self.salience is not None else None
+        if self.guide is not None:
+            with torch.no_grad():
+                vocals = self.guide(mix.float())[:, 0]  # (b, c, l)
+            stack = torch.cat([stack, self.salience.harmonic_stack(vocals)], 1)
         return self.head(x, spectral, stack)[:, :frames]
 
     def head(
@@ -221,6 +243,16 @@ class MelodyTranscriber(nn.Module):
         if unexpected:
             raise ValueError(f"not a matching Mel-RoFormer: unexpected keys {unexpected[:5]}")
         return list(missing)
+
+    def load_guide(self, separator_state: dict[str, Tensor], sources: list[str]) -> None:
+        """Take the guide's weights from a Mel-RoFormer separation state dict of the trunk's
+        architecture whose `sources` include vocals: its trunk and its vocal mask estimator."""
+        if self.guide is None or "vocals" not in sources:
+            raise ValueError("the guide needs a model with 'salience_guide' and a vocals stem")
+        vocals = f"mask_estimators.{sources.index('vocals')}."
+        state = {k.replace(vocals, "mask_estimators.0."): v for k, v in separator_state.items()
+                 if not k.startswith("mask_estimators.") or k.startswith(vocals)}  # fmt: skip
+        self.guide.load_state_dict(state)
 
     def targets(self, midi: Tensor) -> Tensor:
         """Gaussian-blurred pitch targets [..., bins] for MIDI pitches [...] (0 = unvoiced gives
@@ -348,10 +380,12 @@ class PitchSalience(nn.Module):
     layers, then `salience_dilations`' residual layers along time (3 taps, dilated), then one
     spanning an octave along pitch (13 taps a semitone apart), then 1x1 to a logit. The extra
     windows' stacks enter through a first layer of their own (`extra_input`), added to the
-    first 3x5 layer's output. The time layers give each pitch a view of its own past and
-    future, as the band features have through the trunk's time transformers: a glide, or a
-    note's onset under a loud chord, is read from the frames around it. The time layers and
-    the extra input start at zero (no change), so they can be added to a trained model."""
+    first 3x5 layer's output; with `salience_guide`, the stacks of the guide's vocal estimate
+    (as many again, after the mix's) through another (`guide_input`). The time layers give each
+    pitch a view of its own past and future, as the band features have through the trunk's time
+    transformers: a glide, or a note's onset under a loud chord, is read from the frames around
+    it. The time layers and the extra inputs start at zero (no change), so they can be added to
+    a trained model."""
 
     def __init__(self, config: MelodyConfig, grid_midi: np.ndarray) -> None:
         super().__init__()
@@ -365,6 +399,8 @@ class PitchSalience(nn.Module):
         h, c = len(config.salience_harmonics), config.salience_channels
         semitone = config.bins_per_semitone
         self.harmonics = h  # the first stack's channels, read by net[0]
+        windows = 1 + len(config.salience_extra_windows)
+        self.mix_channels = h * windows  # then, with a guide, as many of the guide's vocals
         self.net = nn.Sequential(
             nn.Conv2d(h, c, (3, 5), padding=(1, 2)), nn.GELU(),
             nn.Conv2d(c, c, (3, 5), padding=(1, 2)), nn.GELU(),
@@ -379,7 +415,11 @@ class PitchSalience(nn.Module):
             nn.Conv2d(c, c, (3, 1), padding=(d, 0), dilation=(d, 1))
             for d in config.salience_dilations
         )
-        zero_start = [*self.temporal, *([self.extra_input] if self.extra_input is not None else [])]
+        self.guide_input = (
+            nn.Conv2d(windows * h, c, (3, 5), padding=(1, 2)) if config.salience_guide else None
+        )
+        added = (self.extra_input, self.guide_input)
+        zero_start = [*self.temporal, *(layer for layer in added if layer is not None)]
         for layer in zero_start:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -390,7 +430,7 @@ class PitchSalience(nn.Module):
         return torch.cat([stack(mono) for stack in self.stacks], 1)
 
     def forward(self, stack: Tensor) -> Tensor:
-        """The stacks [B, H * windows, T, bins] -> salience logits [B, T, bins]."""
+        """The stacks [B, H * windows (* 2 with a guide), T, bins] -> logits [B, T, bins]."""
         stack = stack.float()
         x = stack[:, : self.harmonics]
         for index, layer in enumerate(self.net):
@@ -399,7 +439,9 @@ class PitchSalience(nn.Module):
                     x = x + F.gelu(time_layer(x))
             x = layer(x)
             if index == 0 and self.extra_input is not None:
-                x = x + self.extra_input(stack[:, self.harmonics :])
+                x = x + self.extra_input(stack[:, self.harmonics : self.mix_channels])
+            if index == 0 and self.guide_input is not None:
+                x = x + self.guide_input(stack[:, self.mix_channels :])
         return x[:, 0]
 
 

@@ -100,7 +100,7 @@ class MelodySettings:
 HEAD_KEYS = ("head_channels", "head_hidden", "spectral_bins", "spectral_context", "midi_low",
              "midi_high", "bins_per_semitone", "blur_cents", "voicing_weight",
              "salience_window", "salience_harmonics", "salience_channels", "salience_dilations",
-             "salience_extra_windows",
+             "salience_extra_windows", "salience_guide",
              "pitch_smoothing", "test_transpositions")  # fmt: skip
 DEFAULT_PRESET = "salience"
 
@@ -339,6 +339,8 @@ def build_model(init: str, head: dict[str, Any] | None = None) -> MelodyTranscri
         fitting = {k: v for k, v in source.state_dict().items()
                    if k in target and target[k].shape == v.shape}  # fmt: skip
         model.load_state_dict(fitting, strict=False)
+        if model.guide is not None and not any(k.startswith("guide.") for k in fitting):
+            _load_guide(model, DEFAULT_GUIDE)  # the trunk's separator, as it was before tuning
         return model
     loaded = checkpoints.load_model(init)
     if loaded.metadata.get("architecture") != "mel-roformer":
@@ -352,7 +354,24 @@ def build_model(init: str, head: dict[str, Any] | None = None) -> MelodyTranscri
     missing = model.load_trunk(loaded.model.state_dict())
     if missing:
         raise checkpoints.CheckpointError(f"--init {init}: the trunk lacks {missing[:3]}")
+    if model.guide is not None:
+        _load_guide(model, init)
     return model
+
+
+# Where a melody checkpoint's new guide comes from: the separator its trunk was tuned from.
+DEFAULT_GUIDE = "default"
+
+
+def _load_guide(model: MelodyTranscriber, spec: str) -> None:
+    loaded = checkpoints.load_model(spec)
+    try:
+        model.load_guide(loaded.model.state_dict(), list(loaded.model.config.sources))
+    except (ValueError, RuntimeError) as err:
+        raise checkpoints.CheckpointError(
+            f"the guide needs a Mel-RoFormer with vocals of the trunk's architecture; "
+            f"{spec} is not one: {checkpoints.one_line(str(err))}"
+        )
 
 
 def _build(init: str, config: dict[str, Any]) -> MelodyTranscriber:
@@ -393,7 +412,8 @@ def train_melody(
     model = build_model(init, head)
     train_clips = load_clips(data, "train", model.sample_rate, cache)
     valid_clips = load_clips(data, "valid", model.sample_rate, cache) if data.valid else []
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.01)
+    trained = [p for p in model.parameters() if p.requires_grad]  # not a frozen guide
+    optimizer = torch.optim.AdamW(trained, lr=settings.lr, weight_decay=0.01)
     # what is validated and saved: the weights as trained, or their moving average
     average = (
         AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema))
@@ -437,7 +457,7 @@ def train_melody(
         loss = model.loss(model(mix, train_trunk=step >= settings.head_only_steps), midi, mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        torch.nn.utils.clip_grad_norm_(trained, 5.0)
         optimizer.step()
         if average is not None:
             average.update_parameters(model)

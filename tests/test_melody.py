@@ -260,7 +260,7 @@ def test_melody_presets_set_the_head_and_the_training(tmp_path):
         melody_train.load_preset(str(bad))
     with pytest.raises(
         CheckpointError,
-        match="have: ema, low, paper, salience, spectral, temporal, timbre, transpose, windows",
+        match="have: ema, guide, low, paper, salience, spectral, temporal, timbre, transpose, windows",
     ):
         melody_train.load_preset("huge")
     with pytest.raises(ValueError, match="stepz"):
@@ -524,6 +524,71 @@ def test_an_extra_salience_window_starts_at_zero_and_stacks_its_own_harmonics(tm
     assert new.salience.extra_input.weight.grad.abs().sum() > 0  # and the new stack learns
 
 
+def test_a_salience_guide_reads_the_separators_vocals_and_starts_at_zero(tmp_path, monkeypatch):
+    from sepcli import melody_train
+    from sepcli.transcribe import load_melody, save_melody
+
+    torch.manual_seed(5)  # vocals second: the guide keeps that stem's mask estimator
+    sources = ["drums", "vocals", "bass", "other"]
+    separator = checkpoints.build_model("mel-roformer", {**TINY_MEL_ROFORMER, "sources": sources})
+    with torch.no_grad():  # float16 round trip exact, as a melody checkpoint stores it
+        for p in separator.parameters():
+            p.copy_(p.half().float())
+    checkpoints.save_checkpoint(tmp_path / "sep.safetensors", separator, {"note": "test"})
+    separator = checkpoints.load_model(str(tmp_path / "sep.safetensors")).model.eval()
+    # from a separation checkpoint: trunk and guide both come from it
+    fresh = melody_train.build_model(str(tmp_path / "sep.safetensors"),
+                                     {"salience_window": 4096, "salience_guide": True})  # fmt: skip
+    mix = torch.randn(1, 2, 30000)
+    assert fresh.training and not fresh.guide.training  # the tiny config's dropout stays off
+    with torch.no_grad():
+        assert torch.equal(fresh.guide(mix)[:, 0], separator(mix)[:, 1])
+        assert torch.equal(fresh.eval().trunk.encode(mix)[0], separator.encode(mix)[0])
+
+    # from a melody checkpoint without one: the guide comes from the embedded default's place
+    old = MelodyTranscriber(MelodyConfig.from_dict({**SALIENCE, "salience_extra_windows": (2048,)}))
+    with torch.no_grad():  # a trained-looking model, float16 round trip exact
+        for p in old.parameters():
+            p.copy_((0.3 * torch.randn_like(p)).half().float())
+    save_melody(tmp_path / "old.safetensors", old, {})
+    monkeypatch.setattr(melody_train, "DEFAULT_GUIDE", str(tmp_path / "sep.safetensors"))
+    new = melody_train.build_model(str(tmp_path / "old.safetensors"), {"salience_guide": True})
+    h = len(new.config.salience_harmonics)
+    with torch.no_grad():
+        vocals = separator(mix)[:, 1]
+        assert torch.equal(new.guide(mix)[:, 0], vocals)
+        assert torch.equal(new.eval()(mix), old.eval()(mix))  # starts as the model it continues
+    # the guide's stacks: the separated vocals' own, after the mix's two
+    seen = {}
+    new.salience.register_forward_pre_hook(lambda _, args: seen.update(stack=args[0]))
+    new.train().loss(new(mix), torch.full((1, new.frames(30000)), 60.0)).backward()
+    assert seen["stack"].shape[1] == 4 * h
+    assert torch.equal(seen["stack"][:, 2 * h :], new.salience.harmonic_stack(vocals))
+    assert new.salience.guide_input.weight.grad.abs().sum() > 0  # the new input learns...
+    assert all(p.grad is None for p in new.guide.parameters())  # ...the separator does not
+    # saved whole: the guide travels in the melody checkpoint
+    save_melody(tmp_path / "guided.safetensors", new, {})
+    _, loaded, _ = load_melody(str(tmp_path / "guided.safetensors"))
+    with torch.no_grad():
+        assert torch.equal(loaded(mix), new.eval()(mix))
+
+
+def test_a_guide_needs_a_separator_with_vocals_of_the_trunks_architecture(tmp_path, monkeypatch):
+    from sepcli import melody_train
+    from sepcli.transcribe import save_melody
+
+    save_melody(
+        tmp_path / "old.safetensors", MelodyTranscriber(MelodyConfig.from_dict(SALIENCE)), {}
+    )
+    for name, config in (("wide", {**TINY_MEL_ROFORMER, "dim": 24}),
+                         ("drums", {**TINY_MEL_ROFORMER, "num_stems": 1, "sources": ["drums"]})):  # fmt: skip
+        checkpoints.save_checkpoint(tmp_path / f"{name}.safetensors",
+                                    checkpoints.build_model("mel-roformer", config), {})  # fmt: skip
+        monkeypatch.setattr(melody_train, "DEFAULT_GUIDE", str(tmp_path / f"{name}.safetensors"))
+        with pytest.raises(checkpoints.CheckpointError, match="the guide needs a Mel-RoFormer"):
+            melody_train.build_model(str(tmp_path / "old.safetensors"), {"salience_guide": True})
+
+
 def test_the_salience_map_finds_a_pitch_it_never_trained_on():
     """The salience CNN slides along pitch: trained on tones at four pitches, it places a fifth,
     unseen one (the classifier alone cannot: it has to learn every pitch bin apart)."""
@@ -554,7 +619,8 @@ def test_salience_config_keys_are_checked():
                 {"salience_dilations": [0]}, {"salience_dilations": [2] * 9},
                 {"salience_extra_windows": [4096]}, {"salience_extra_windows": [100]},
                 {"salience_extra_windows": [2048, 2048]},
-                {"salience_window": 0, "salience_extra_windows": [2048]}):  # fmt: skip
+                {"salience_window": 0, "salience_extra_windows": [2048]},
+                {"salience_window": 0, "salience_guide": True}):  # fmt: skip
         with pytest.raises(ValueError, match="salience"):
             MelodyConfig.from_dict({**SALIENCE, **bad})
 
