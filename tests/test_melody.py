@@ -260,7 +260,8 @@ def test_melody_presets_set_the_head_and_the_training(tmp_path):
         melody_train.load_preset(str(bad))
     with pytest.raises(
         CheckpointError,
-        match="have: ema, guide, low, paper, salience, spectral, temporal, timbre, transpose, windows",
+        match="have: ema, guide, low, paper, salience, spectral, temporal, timbre, transpose, "
+        "windows",
     ):
         melody_train.load_preset("huge")
     with pytest.raises(ValueError, match="stepz"):
@@ -580,11 +581,14 @@ def test_a_guide_needs_a_separator_with_vocals_of_the_trunks_architecture(tmp_pa
     save_melody(
         tmp_path / "old.safetensors", MelodyTranscriber(MelodyConfig.from_dict(SALIENCE)), {}
     )
-    for name, config in (("wide", {**TINY_MEL_ROFORMER, "dim": 24}),
-                         ("drums", {**TINY_MEL_ROFORMER, "num_stems": 1, "sources": ["drums"]})):  # fmt: skip
-        checkpoints.save_checkpoint(tmp_path / f"{name}.safetensors",
-                                    checkpoints.build_model("mel-roformer", config), {})  # fmt: skip
-        monkeypatch.setattr(melody_train, "DEFAULT_GUIDE", str(tmp_path / f"{name}.safetensors"))
+    wrong = {
+        "wide": {**TINY_MEL_ROFORMER, "dim": 24},
+        "drums": {**TINY_MEL_ROFORMER, "num_stems": 1, "sources": ["drums"]},
+    }
+    for name, config in wrong.items():
+        path = tmp_path / f"{name}.safetensors"
+        checkpoints.save_checkpoint(path, checkpoints.build_model("mel-roformer", config), {})
+        monkeypatch.setattr(melody_train, "DEFAULT_GUIDE", str(path))
         with pytest.raises(checkpoints.CheckpointError, match="the guide needs a Mel-RoFormer"):
             melody_train.build_model(str(tmp_path / "old.safetensors"), {"salience_guide": True})
 
