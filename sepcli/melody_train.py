@@ -340,7 +340,8 @@ def build_model(init: str, head: dict[str, Any] | None = None) -> MelodyTranscri
                    if k in target and target[k].shape == v.shape}  # fmt: skip
         model.load_state_dict(fitting, strict=False)
         if model.guide is not None and not any(k.startswith("guide.") for k in fitting):
-            _load_guide(model, DEFAULT_GUIDE)  # the trunk's separator, as it was before tuning
+            # the trunk's separator, as it was before tuning
+            _load_guide(model, checkpoints.load_model(DEFAULT_GUIDE), DEFAULT_GUIDE)
         return model
     loaded = checkpoints.load_model(init)
     if loaded.metadata.get("architecture") != "mel-roformer":
@@ -355,7 +356,7 @@ def build_model(init: str, head: dict[str, Any] | None = None) -> MelodyTranscri
     if missing:
         raise checkpoints.CheckpointError(f"--init {init}: the trunk lacks {missing[:3]}")
     if model.guide is not None:
-        _load_guide(model, init)
+        _load_guide(model, loaded, init)  # the separator already read for the trunk
     return model
 
 
@@ -363,10 +364,9 @@ def build_model(init: str, head: dict[str, Any] | None = None) -> MelodyTranscri
 DEFAULT_GUIDE = "default"
 
 
-def _load_guide(model: MelodyTranscriber, spec: str) -> None:
-    loaded = checkpoints.load_model(spec)
+def _load_guide(model: MelodyTranscriber, separator: checkpoints.LoadedModel, spec: str) -> None:
     try:
-        model.load_guide(loaded.model.state_dict(), list(loaded.model.config.sources))
+        model.load_guide(separator.model.state_dict(), list(separator.model.config.sources))
     except (ValueError, RuntimeError) as err:
         raise checkpoints.CheckpointError(
             f"the guide needs a Mel-RoFormer with vocals of the trunk's architecture; "
