@@ -6,12 +6,12 @@
 
 The trunk of the melody checkpoint `-m` runs once over every training and validation clip (its
 own 0 dB mix); its band features, the log spectrum below 4 kHz and the harmonic stacks of the
-pitch salience map (4096 and 2048 points) are kept. Each head variant is then trained on the
-training singers' clips alone, the trunk frozen (AdamW, one-cycle lr 2e-3, 16 windows of 64
-frames a step, `--epochs` passes over the frames), and scored on the validation singers' voiced frames: raw pitch
-accuracy (within 50 cents) and voicing accuracy (probability 0.5). Heads are `models.melody`'s
-own, built from config keys; "salience only" feeds the head zeros for the band features. This
-isolates what a head can read from the trunk from what fine-tuning adds.
+pitch salience map (4096, 2048 and 8192 points) are kept. Each head variant is then trained on
+the training singers' clips alone, the trunk frozen (AdamW, one-cycle lr 2e-3, 16 windows of 64
+frames a step, `--epochs` passes over the frames), and scored on the validation singers' voiced
+frames: raw pitch accuracy (within 50 cents) and voicing accuracy (probability 0.5). Heads are
+`models.melody`'s own, built from config keys; "salience only" feeds the head zeros for the band
+features. This isolates what a head can read from the trunk from what fine-tuning adds.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ SPECTRAL = dict(head_channels=32, head_hidden=512, spectral_bins=BINS, spectral_
 WINDOW, WINDOWS = 64, 16  # frames a window, windows a step
 # The probe keeps every stack a variant may read; a head reads the extra windows' only when it
 # has them (PitchSalience slices its input).
-STACKS = dict(salience_extra_windows=(2048,))
+STACKS = dict(salience_extra_windows=(2048, 8192))
+TWO_STACKS = dict(salience_extra_windows=(2048,))
 
 VARIANTS = {  # name: (head keys, band features used)
     "band features, linear (preset paper)": (dict(head_channels=16), True),
@@ -50,6 +51,10 @@ VARIANTS = {  # name: (head keys, band features used)
         True,
     ),
     "preset temporal + 2048-point stack (preset windows)": (
+        {**SPECTRAL, **SALIENCE, "salience_dilations": (2, 4, 8, 16), **TWO_STACKS},
+        True,
+    ),
+    "preset windows + 8192-point stack (preset three-windows)": (
         {**SPECTRAL, **SALIENCE, "salience_dilations": (2, 4, 8, 16), **STACKS},
         True,
     ),

@@ -338,6 +338,7 @@ def build_model(init: str, head: dict[str, Any] | None = None) -> MelodyTranscri
         target = model.state_dict()
         fitting = {k: v for k, v in source.state_dict().items()
                    if k in target and target[k].shape == v.shape}  # fmt: skip
+        fitting.update(_grown_extra_input(source, model))
         model.load_state_dict(fitting, strict=False)
         if model.guide is not None and not any(k.startswith("guide.") for k in fitting):
             # the trunk's separator, as it was before tuning
@@ -358,6 +359,25 @@ def build_model(init: str, head: dict[str, Any] | None = None) -> MelodyTranscri
     if model.guide is not None:
         _load_guide(model, loaded, init)  # the separator already read for the trunk
     return model
+
+
+def _grown_extra_input(source: MelodyTranscriber, model: MelodyTranscriber) -> dict[str, Any]:
+    """When `model` reads the extra stacks of `source` and more after them (windows (2048,) ->
+    (2048, 8192)), the first layer of the extra stacks keeps its weights for the stacks it read,
+    and those of the new ones stay at zero: the continued model starts out as it was."""
+    old = source.config.salience_extra_windows
+    new = model.config.salience_extra_windows
+    if not old or len(new) <= len(old) or new[: len(old)] != old:
+        return {}
+    if source.config.salience_harmonics != model.config.salience_harmonics:
+        return {}
+    key = "salience.extra_input.weight"
+    weight = source.state_dict()[key]
+    grown = model.state_dict()[key].clone()  # zeros: PitchSalience zero-starts it
+    if grown.shape[0] != weight.shape[0] or grown.shape[2:] != weight.shape[2:]:
+        return {}
+    grown[:, : weight.shape[1]] = weight
+    return {key: grown}
 
 
 # Where a melody checkpoint's new guide comes from: the separator its trunk was tuned from.

@@ -260,8 +260,8 @@ def test_melody_presets_set_the_head_and_the_training(tmp_path):
         melody_train.load_preset(str(bad))
     with pytest.raises(
         CheckpointError,
-        match="have: ema, guide, low, paper, salience, spectral, temporal, timbre, transpose, "
-        "windows",
+        match="have: ema, guide, low, paper, salience, spectral, temporal, three-windows, timbre, "
+        "transpose, windows",
     ):
         melody_train.load_preset("huge")
     with pytest.raises(ValueError, match="stepz"):
@@ -280,6 +280,7 @@ def test_melody_presets_set_the_head_and_the_training(tmp_path):
         melody_train.MelodySettings.from_dict({"balance_singers": 1})
     timbre = melody_train.MelodySettings.from_dict(melody_train.load_preset("timbre")[1])
     assert timbre.timbre_db == 12.0 and timbre.balance_singers and timbre.pitch_shift == 3.0
+    assert melody_train.load_preset("three-windows")[0]["salience_extra_windows"] == [2048, 8192]
 
 
 def test_a_random_timbre_moves_the_harmonics_levels_not_their_pitch_nor_the_loudness():
@@ -523,6 +524,45 @@ def test_an_extra_salience_window_starts_at_zero_and_stacks_its_own_harmonics(tm
         assert torch.equal(new.eval()(mix), old.eval()(mix))  # starts as the model it continues
     new.train().loss(new(mix), torch.full((1, new.frames(30000)), 60.0)).backward()
     assert new.salience.extra_input.weight.grad.abs().sum() > 0  # and the new stack learns
+
+
+def test_a_third_salience_window_keeps_the_second_ones_weights_and_starts_at_zero(tmp_path):
+    from sepcli import melody_train
+    from sepcli.transcribe import save_melody
+
+    old = MelodyTranscriber(MelodyConfig.from_dict({**SALIENCE, "salience_extra_windows": (2048,)}))
+    with torch.no_grad():  # a trained-looking salience CNN, float16 round trip exact
+        for p in old.parameters():
+            p.copy_((0.3 * torch.randn_like(p)).half().float())
+    save_melody(tmp_path / "old.safetensors", old, {})
+    new = melody_train.build_model(str(tmp_path / "old.safetensors"),
+                                   {"salience_extra_windows": (2048, 8192)})  # fmt: skip
+    h = len(new.config.salience_harmonics)
+    weight = new.salience.extra_input.weight
+    assert weight.shape[1] == 2 * h
+    assert torch.equal(weight[:, :h], old.salience.extra_input.weight)  # the 2048 stack's, kept
+    assert not weight[:, h:].any()  # the 8192 stack's, zero
+    mix = harmonic_tone(110.0) + 0.001 * torch.randn(1, 1, 22050)
+    stack = new.salience.harmonic_stack(mix)[0]
+    assert stack.shape == (3 * h, new.frames(22050), new.config.bins)
+    assert torch.equal(stack[: 2 * h], old.salience.harmonic_stack(mix)[0])
+    # the 8192-point fundamental row is sharper at A2 (MIDI 45) than the 4096-point one: its
+    # level a semitone away has dropped further below the peak
+    one = new.config.salience_harmonics.index(1.0)
+    a2 = int((new.pitch_grid - 45).abs().argmin())
+    semitone = new.config.bins_per_semitone
+    drops = [float((rows[10:-10, a2] - rows[10:-10, a2 + semitone]).mean())
+             for rows in (stack[one], stack[2 * h + one])]  # fmt: skip
+    assert drops[0] < 0.5 and drops[1] > 1.0  # 0.23 and 1.20 when written
+    mix = torch.randn(1, 2, 30000)
+    with torch.no_grad():
+        assert torch.equal(new.eval()(mix), old.eval()(mix))  # starts as the model it continues
+    new.train().loss(new(mix), torch.full((1, new.frames(30000)), 60.0)).backward()
+    assert weight.grad[:, h:].abs().sum() > 0  # and the new stack learns
+    # a continuation whose extra windows do not start with the old ones keeps no extra weights
+    other = melody_train.build_model(str(tmp_path / "old.safetensors"),
+                                     {"salience_extra_windows": (8192, 2048)})  # fmt: skip
+    assert not other.salience.extra_input.weight.any()
 
 
 def test_a_salience_guide_reads_the_separators_vocals_and_starts_at_zero(tmp_path, monkeypatch):
