@@ -58,6 +58,16 @@ VARIANTS = {  # name: (head keys, band features used)
         {**SPECTRAL, **SALIENCE, "salience_dilations": (2, 4, 8, 16), **STACKS},
         True,
     ),
+    "preset three-windows, salience CNN 32 channels": (
+        {
+            **SPECTRAL,
+            **SALIENCE,
+            "salience_dilations": (2, 4, 8, 16),
+            **STACKS,
+            "salience_channels": 32,
+        },
+        True,
+    ),
 }
 
 

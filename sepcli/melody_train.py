@@ -338,7 +338,7 @@ def build_model(init: str, head: dict[str, Any] | None = None) -> MelodyTranscri
         target = model.state_dict()
         fitting = {k: v for k, v in source.state_dict().items()
                    if k in target and target[k].shape == v.shape}  # fmt: skip
-        fitting.update(_grown_extra_input(source, model))
+        fitting.update(_grown_salience(source, model))
         model.load_state_dict(fitting, strict=False)
         if model.guide is not None and not any(k.startswith("guide.") for k in fitting):
             # the trunk's separator, as it was before tuning
@@ -361,23 +361,38 @@ def build_model(init: str, head: dict[str, Any] | None = None) -> MelodyTranscri
     return model
 
 
-def _grown_extra_input(source: MelodyTranscriber, model: MelodyTranscriber) -> dict[str, Any]:
-    """When `model` reads the extra stacks of `source` and more after them (windows (2048,) ->
-    (2048, 8192)), the first layer of the extra stacks keeps its weights for the stacks it read,
-    and those of the new ones stay at zero: the continued model starts out as it was."""
-    old = source.config.salience_extra_windows
-    new = model.config.salience_extra_windows
-    if not old or len(new) <= len(old) or new[: len(old)] != old:
-        return {}
+def _grown_salience(source: MelodyTranscriber, model: MelodyTranscriber) -> dict[str, Any]:
+    """The salience CNN's weights of `source` carried into a grown `model`, so that the
+    continued model starts out computing exactly what `source` did.
+
+    Two growths are read: a wider CNN (`salience_channels` 16 -> 32) and more extra stacks
+    after the ones `source` read (windows (2048,) -> (2048, 8192)). Each grown tensor keeps the
+    old weights in its leading block; the new inputs' weights are zero, so the new channels and
+    stacks reach no old channel and no logit until training moves them; the new channels' own
+    weights keep the model's fresh initialisation (random, or zero where `PitchSalience`
+    zero-starts a layer), so they have something to learn from."""
     if source.config.salience_harmonics != model.config.salience_harmonics:
         return {}
-    key = "salience.extra_input.weight"
-    weight = source.state_dict()[key]
-    grown = model.state_dict()[key].clone()  # zeros: PitchSalience zero-starts it
-    if grown.shape[0] != weight.shape[0] or grown.shape[2:] != weight.shape[2:]:
-        return {}
-    grown[:, : weight.shape[1]] = weight
-    return {key: grown}
+    old_extra = source.config.salience_extra_windows
+    new_extra = model.config.salience_extra_windows
+    extra_kept = new_extra[: len(old_extra)] == old_extra
+    target, grown = model.state_dict(), {}
+    for key, old in source.state_dict().items():
+        if not key.startswith("salience.") or key not in target:
+            continue
+        fresh = target[key]
+        if fresh.shape == old.shape or fresh.dim() != old.dim():
+            continue
+        if any(o > n for o, n in zip(old.shape, fresh.shape)):
+            continue
+        if key.startswith("salience.extra_input.") and not extra_kept:
+            continue  # reordered or replaced stacks: the old weights read other inputs
+        weight = fresh.clone()
+        if weight.dim() > 1:
+            weight[:, old.shape[1] :] = 0
+        weight[tuple(slice(0, size) for size in old.shape)] = old
+        grown[key] = weight
+    return grown
 
 
 # Where a melody checkpoint's new guide comes from: the separator its trunk was tuned from.

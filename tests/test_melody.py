@@ -565,6 +565,41 @@ def test_a_third_salience_window_keeps_the_second_ones_weights_and_starts_at_zer
     assert not other.salience.extra_input.weight.any()
 
 
+def test_a_wider_salience_cnn_keeps_the_old_channels_and_starts_as_the_old_model(tmp_path):
+    from sepcli import melody_train
+    from sepcli.transcribe import save_melody
+
+    torch.manual_seed(3)
+    keys = {**SALIENCE, "salience_channels": 4, "salience_dilations": (2,),
+            "salience_extra_windows": (2048,)}  # fmt: skip
+    old = MelodyTranscriber(MelodyConfig.from_dict(keys))
+    with torch.no_grad():  # a trained-looking salience CNN, float16 round trip exact
+        for p in old.parameters():
+            p.copy_((0.3 * torch.randn_like(p)).half().float())
+    save_melody(tmp_path / "old.safetensors", old, {})
+    grown = {"salience_channels": 8, "salience_extra_windows": (2048, 8192)}
+    new = melody_train.build_model(str(tmp_path / "old.safetensors"), grown)
+    net, was = new.salience.net, old.salience.net
+    assert net[2].weight.shape == (8, 8, 3, 5)
+    assert torch.equal(net[2].weight[:4, :4], was[2].weight)  # the old channels, kept
+    assert torch.equal(net[0].bias[:4], was[0].bias)
+    assert not net[2].weight[:, 4:].any() and not net[6].weight[:, 4:].any()  # new: no reach
+    assert net[2].weight[4:, :4].abs().sum() > 0  # the new channels' own weights: random
+    h = len(new.config.salience_harmonics)
+    extra = new.salience.extra_input.weight
+    assert torch.equal(extra[:4, :h], old.salience.extra_input.weight)
+    assert not extra[:, h:].any() and not extra[4:].any()  # new stack, new channels: zero
+    mix = torch.randn(1, 2, 30000)
+    with torch.no_grad():
+        # starts as the model it continues (the zero weights add nothing)
+        torch.testing.assert_close(new.eval()(mix), old.eval()(mix), rtol=0, atol=1e-5)
+    new.train().loss(new(mix), torch.full((1, new.frames(30000)), 60.0)).backward()
+    assert net[6].weight.grad[:, 4:].abs().sum() > 0  # and the new channels learn
+    # a narrower continuation keeps none of the salience CNN's convolutions
+    narrow = melody_train.build_model(str(tmp_path / "old.safetensors"), {"salience_channels": 2})
+    assert not torch.equal(narrow.salience.net[2].weight, was[2].weight[:2, :2])
+
+
 def test_a_salience_guide_reads_the_separators_vocals_and_starts_at_zero(tmp_path, monkeypatch):
     from sepcli import melody_train
     from sepcli.transcribe import load_melody, save_melody

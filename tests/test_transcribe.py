@@ -277,6 +277,37 @@ def test_chunked_inference_matches_one_pass_away_from_the_chunk_edges(melody_che
     assert agree > 0.5
 
 
+def test_every_chunk_holds_the_tracks_own_audio_and_the_last_ends_with_it(melody_checkpoint):
+    _, model, _ = transcribe.load_melody(str(melody_checkpoint))
+    hop, rate = model.hop, model.sample_rate
+    # 2.6 s in 1-s chunks: a grid of half-overlapping chunks would leave the last one 60 %
+    # silence; the last chunk ends with the track instead (on a whole frame)
+    length = int(2.6 * rate) // hop * hop + 7
+    audio = np.random.default_rng(1).standard_normal((2, length)).astype(np.float32) * 0.1
+    heard = []
+
+    def forward(pieces):
+        heard.extend(pieces.clone())
+        return type(model).forward(model, pieces)
+
+    model.forward = forward
+    logits = transcribe.frame_logits(model, audio, chunk_seconds=1.0)
+    chunk = heard[0].shape[-1]
+    assert chunk == int(rate) // (2 * hop) * 2 * hop
+    starts = [int(np.argmax((audio[0] == piece[0, 0].numpy()))) for piece in heard]
+    assert starts[:-1] == list(range(0, length - chunk, chunk // 2))
+    assert starts[-1] == (length - chunk) // hop * hop and length - starts[-1] - chunk < hop
+    for start, piece in zip(starts, heard):  # each chunk is the track's audio, no padding
+        assert torch.equal(piece, torch.from_numpy(audio[:, start : start + chunk]))
+    # the last frames are the last chunk's alone, as a pass over the track's tail gives them
+    assert logits.shape == (model.frames(length), model.config.bins + 1)
+    with torch.inference_mode():
+        tail = type(model).forward(
+            model, torch.from_numpy(audio[None, :, starts[-1] :][..., :chunk])
+        )
+    np.testing.assert_allclose(logits[-3:], tail[0, -3:].numpy(), atol=1e-4)
+
+
 def test_a_melody_checkpoint_is_described_and_refused_as_a_separator(tmp_path, melody_checkpoint):
     info = cli("info", melody_checkpoint)
     assert info.returncode == 0, info.stderr
