@@ -74,7 +74,7 @@ def frame_logits(model: MelodyTranscriber, audio: np.ndarray, chunk_seconds: flo
     if length <= chunk:
         return model(x[None])[0].float().numpy()
     starts = list(range(0, length - chunk, chunk // 2))
-    last = (length - chunk) // hop * hop  # on the track's frames: its frames end at the last
+    last = (length - chunk) // hop * hop  # whole hops: its frames are the track's last ones
     if last > starts[-1]:
         starts.append(last)
     per_chunk = model.frames(chunk)

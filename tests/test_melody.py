@@ -408,6 +408,14 @@ def test_an_accompaniment_is_every_stem_but_the_vocals(tmp_path):
 SALIENCE = {**TRUNK, "salience_window": 4096}
 
 
+def trained_looking(model: MelodyTranscriber) -> None:
+    """Random weights of a trained model's size (not zero-started), exact in float16, so a
+    checkpoint round trip returns them unchanged."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_((0.3 * torch.randn_like(p)).half().float())
+
+
 def harmonic_tone(hz: float, seconds: float = 0.5, level: float = 0.3) -> torch.Tensor:
     """Five harmonics at 1/h amplitude, stereo, [1, 2, L] at 44.1 kHz."""
     t = torch.arange(int(44100 * seconds)) / 44100
@@ -458,9 +466,7 @@ def test_salience_time_layers_start_at_zero_and_widen_what_each_frame_sees(tmp_p
     from sepcli.transcribe import save_melody
 
     old = MelodyTranscriber(MelodyConfig.from_dict(SALIENCE))
-    with torch.no_grad():  # a trained-looking salience CNN, float16 round trip exact
-        for p in old.parameters():
-            p.copy_((0.3 * torch.randn_like(p)).half().float())
+    trained_looking(old)
     save_melody(tmp_path / "old.safetensors", old, {})
     new = melody_train.build_model(str(tmp_path / "old.safetensors"),
                                    {"salience_dilations": (2, 4, 8, 16)})  # fmt: skip
@@ -490,9 +496,7 @@ def test_an_extra_salience_window_starts_at_zero_and_stacks_its_own_harmonics(tm
     from sepcli.transcribe import save_melody
 
     old = MelodyTranscriber(MelodyConfig.from_dict({**SALIENCE, "salience_dilations": (2, 4)}))
-    with torch.no_grad():  # a trained-looking salience CNN, float16 round trip exact
-        for p in old.parameters():
-            p.copy_((0.3 * torch.randn_like(p)).half().float())
+    trained_looking(old)
     save_melody(tmp_path / "old.safetensors", old, {})
     new = melody_train.build_model(str(tmp_path / "old.safetensors"),
                                    {"salience_extra_windows": (2048,)})  # fmt: skip
@@ -531,9 +535,7 @@ def test_a_third_salience_window_keeps_the_second_ones_weights_and_starts_at_zer
     from sepcli.transcribe import save_melody
 
     old = MelodyTranscriber(MelodyConfig.from_dict({**SALIENCE, "salience_extra_windows": (2048,)}))
-    with torch.no_grad():  # a trained-looking salience CNN, float16 round trip exact
-        for p in old.parameters():
-            p.copy_((0.3 * torch.randn_like(p)).half().float())
+    trained_looking(old)
     save_melody(tmp_path / "old.safetensors", old, {})
     new = melody_train.build_model(str(tmp_path / "old.safetensors"),
                                    {"salience_extra_windows": (2048, 8192)})  # fmt: skip
@@ -573,9 +575,7 @@ def test_a_wider_salience_cnn_keeps_the_old_channels_and_starts_as_the_old_model
     keys = {**SALIENCE, "salience_channels": 4, "salience_dilations": (2,),
             "salience_extra_windows": (2048,)}  # fmt: skip
     old = MelodyTranscriber(MelodyConfig.from_dict(keys))
-    with torch.no_grad():  # a trained-looking salience CNN, float16 round trip exact
-        for p in old.parameters():
-            p.copy_((0.3 * torch.randn_like(p)).half().float())
+    trained_looking(old)
     save_melody(tmp_path / "old.safetensors", old, {})
     grown = {"salience_channels": 8, "salience_extra_windows": (2048, 8192)}
     new = melody_train.build_model(str(tmp_path / "old.safetensors"), grown)
@@ -623,9 +623,7 @@ def test_a_salience_guide_reads_the_separators_vocals_and_starts_at_zero(tmp_pat
 
     # from a melody checkpoint without one: the guide comes from the embedded default's place
     old = MelodyTranscriber(MelodyConfig.from_dict({**SALIENCE, "salience_extra_windows": (2048,)}))
-    with torch.no_grad():  # a trained-looking model, float16 round trip exact
-        for p in old.parameters():
-            p.copy_((0.3 * torch.randn_like(p)).half().float())
+    trained_looking(old)
     save_melody(tmp_path / "old.safetensors", old, {})
     monkeypatch.setattr(melody_train, "DEFAULT_GUIDE", str(tmp_path / "sep.safetensors"))
     new = melody_train.build_model(str(tmp_path / "old.safetensors"), {"salience_guide": True})
