@@ -791,8 +791,8 @@ def train(
         None,
         "--config",
         help="Preset name (small, medium, large, ...; for melody: salience, the "
-        "default, transpose, temporal, windows, three-windows, ema, guide, ...: a wrong name "
-        "lists them) or YAML path.",
+        "default, transpose, temporal, windows, three-windows, wide, ema, guide, ...: a wrong "
+        "name lists them) or YAML path.",
     ),
     steps: Optional[int] = typer.Option(
         None, "--steps", help="Optimizer steps (default: the preset's)."

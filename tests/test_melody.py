@@ -261,7 +261,7 @@ def test_melody_presets_set_the_head_and_the_training(tmp_path):
     with pytest.raises(
         CheckpointError,
         match="have: ema, guide, low, paper, salience, spectral, temporal, three-windows, timbre, "
-        "transpose, windows",
+        "transpose, wide, windows",
     ):
         melody_train.load_preset("huge")
     with pytest.raises(ValueError, match="stepz"):
@@ -281,6 +281,8 @@ def test_melody_presets_set_the_head_and_the_training(tmp_path):
     timbre = melody_train.MelodySettings.from_dict(melody_train.load_preset("timbre")[1])
     assert timbre.timbre_db == 12.0 and timbre.balance_singers and timbre.pitch_shift == 3.0
     assert melody_train.load_preset("three-windows")[0]["salience_extra_windows"] == [2048, 8192]
+    wide = melody_train.load_preset("wide")[0]
+    assert (wide["salience_channels"], wide["salience_extra_windows"]) == (32, [2048, 8192])
 
 
 def test_a_random_timbre_moves_the_harmonics_levels_not_their_pitch_nor_the_loudness():
