@@ -36,6 +36,7 @@ WINDOW, WINDOWS = 64, 16  # frames a window, windows a step
 # has them (PitchSalience slices its input).
 STACKS = dict(salience_extra_windows=(2048, 8192))
 TWO_STACKS = dict(salience_extra_windows=(2048,))
+TEMPORAL = {**SPECTRAL, **SALIENCE, "salience_dilations": (2, 4, 8, 16)}
 
 VARIANTS = {  # name: (head keys, band features used)
     "band features, linear (preset paper)": (dict(head_channels=16), True),
@@ -46,26 +47,11 @@ VARIANTS = {  # name: (head keys, band features used)
         True,
     ),
     "salience only": (dict(head_channels=16, **SALIENCE), False),
-    "preset salience + time layers (preset temporal)": (
-        {**SPECTRAL, **SALIENCE, "salience_dilations": (2, 4, 8, 16)},
-        True,
-    ),
-    "preset temporal + 2048-point stack (preset windows)": (
-        {**SPECTRAL, **SALIENCE, "salience_dilations": (2, 4, 8, 16), **TWO_STACKS},
-        True,
-    ),
-    "preset windows + 8192-point stack (preset three-windows)": (
-        {**SPECTRAL, **SALIENCE, "salience_dilations": (2, 4, 8, 16), **STACKS},
-        True,
-    ),
+    "preset salience + time layers (preset temporal)": (TEMPORAL, True),
+    "preset temporal + 2048-point stack (preset windows)": ({**TEMPORAL, **TWO_STACKS}, True),
+    "preset windows + 8192-point stack (preset three-windows)": ({**TEMPORAL, **STACKS}, True),
     "preset three-windows, salience CNN 32 channels": (
-        {
-            **SPECTRAL,
-            **SALIENCE,
-            "salience_dilations": (2, 4, 8, 16),
-            **STACKS,
-            "salience_channels": 32,
-        },
+        {**TEMPORAL, **STACKS, "salience_channels": 32},
         True,
     ),
 }
